@@ -1,0 +1,13 @@
+"""Errors meant for the user: the command line prints them as one line, without a traceback."""
+
+
+class TCLError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class ConfigError(TCLError):
+    """A recipe key or override that is unknown, mistyped or out of range."""
+
+
+class DataError(TCLError):
+    """A dataset, label file or image that cannot be used as given."""

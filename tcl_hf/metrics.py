@@ -1,0 +1,40 @@
+"""Evaluation numbers: kNN accuracy on projections, and how well confidences separate clean labels."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+
+@torch.no_grad()
+def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
+                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN (InstDisc style): cosine similarity, top-k neighbours, votes weighted by exp(sim/T)."""
+    k = min(k, bank.shape[0])
+    preds = []
+    for start in range(0, query.shape[0], chunk):
+        sim = query[start:start + chunk].float() @ bank.float().T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.zeros(top_idx.shape[0], num_classes, device=query.device)
+        votes.scatter_add_(1, bank_labels[top_idx], (top_sim / temperature).exp())
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def detection_metrics(confidences: np.ndarray, given: np.ndarray, clean: np.ndarray | None,
+                      predictions: np.ndarray) -> dict[str, float | None]:
+    """Noise-detection quality; noisy = positive class, flagged when confidence < 0.5."""
+    out: dict[str, float | None] = {"clean_ratio_est": float(np.mean(confidences > 0.5))}
+    if clean is None:
+        return out
+    is_noisy = given != clean
+    flagged = confidences < 0.5
+    out["noise_rate"] = float(is_noisy.mean())
+    both_kinds = 0 < is_noisy.sum() < len(is_noisy)
+    # AUC of the confidence as a score for "label is clean"; undefined when all labels are alike.
+    out["noise_auc"] = float(roc_auc_score(~is_noisy, confidences)) if both_kinds else None
+    out["noise_precision"] = float(precision_score(is_noisy, flagged, zero_division=0))
+    out["noise_recall"] = float(recall_score(is_noisy, flagged, zero_division=0)) if is_noisy.any() else None
+    out["noise_acc"] = float(np.mean(flagged == is_noisy))
+    out["label_acc"] = float(np.mean(predictions == clean))
+    return out

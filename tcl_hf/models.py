@@ -1,0 +1,147 @@
+"""Networks: the spec's CIFAR PreAct ResNets as real timm models, and the TCL model (encoder + heads).
+
+Importing this module registers ``preact_resnet18_cifar`` (the reference encoder) and
+``preact_resnet_mini`` (a small one for CPU demos and tests) with timm, so
+``timm.create_model`` builds them like any other architecture.
+"""
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv3x3, BN-ReLU-conv3x3, with a 1x1 shortcut when shapes change."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_chs)
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_chs != out_chs:
+            self.shortcut = nn.Conv2d(in_chs, out_chs, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        # The shortcut taps the pre-activated input, as in He et al.'s pre-activation design.
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """CIFAR-style PreAct ResNet: 3x3 stride-1 stem, no max-pool, four stages, final BN+ReLU, global pool."""
+
+    def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes: int = 10,
+                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0, **kwargs):
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.stem = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        stages, in_chs, self.feature_info = [], widths[0], []
+        for i, (depth, width) in enumerate(zip(layers, widths)):
+            stride = 1 if i == 0 else 2
+            blocks = [PreActBlock(in_chs if j == 0 else width, width, stride if j == 0 else 1) for j in range(depth)]
+            stages.append(nn.Sequential(*blocks))
+            in_chs = width
+            self.feature_info.append(dict(num_chs=width, reduction=2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.BatchNorm2d(in_chs)
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x):
+        x = self.stages(self.stem(x))
+        return F.relu(self.norm(x))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs):
+    return {
+        "num_classes": 10, "input_size": (3, 32, 32), "pool_size": (4, 4), "crop_pct": 1.0,
+        "interpolation": "bilinear", "mean": CIFAR10_MEAN, "std": CIFAR10_STD,
+        "first_conv": "stem", "classifier": "fc", "license": "apache-2.0", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "preact_resnet18_cifar.untrained": _cfg(),
+    "preact_resnet_mini.untrained": _cfg(),
+})
+
+
+def _create(variant: str, pretrained: bool, **kwargs) -> PreActResNet:
+    return build_model_with_cfg(PreActResNet, variant, pretrained, **kwargs)
+
+
+@register_model
+def preact_resnet18_cifar(pretrained: bool = False, **kwargs) -> PreActResNet:
+    """PreAct ResNet-18 for 32x32 input, the TCL reference encoder on CIFAR (512-d features)."""
+    return _create("preact_resnet18_cifar", pretrained, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), **kwargs)
+
+
+@register_model
+def preact_resnet_mini(pretrained: bool = False, **kwargs) -> PreActResNet:
+    """One block per stage at a quarter width (128-d features): fast enough for CPU demos."""
+    return _create("preact_resnet_mini", pretrained, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), **kwargs)
+
+
+def projector_head(in_dim: int, out_dim: int) -> nn.Sequential:
+    """g: Linear(D,D)-BN-ReLU-Linear(D,d)-BN (spec section 1)."""
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.BatchNorm1d(in_dim), nn.ReLU(inplace=True),
+                         nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim))
+
+
+def classifier_head(in_dim: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """c: Linear(D,D)-BN-ReLU-Dropout-Linear(D,C)-BN (spec section 1)."""
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.BatchNorm1d(in_dim), nn.ReLU(inplace=True),
+                         nn.Dropout(p=dropout), nn.Linear(in_dim, num_classes), nn.BatchNorm1d(num_classes))
+
+
+class TCLModel(nn.Module):
+    """Encoder f (any timm backbone, pooled features), projector g and classifier c.
+
+    ``forward`` returns the normalized projection z and the class logits for a batch of images.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, proj_dim: int = 256, dropout: float = 0.25,
+                 pretrained: bool = False, in_chans: int = 3, pretrained_cfg_overlay: dict | None = None):
+        super().__init__()
+        self.encoder = timm.create_model(backbone, pretrained=pretrained, num_classes=0, in_chans=in_chans,
+                                         pretrained_cfg_overlay=pretrained_cfg_overlay)
+        dim = self.encoder.num_features
+        self.projector = projector_head(dim, proj_dim)
+        self.classifier = classifier_head(dim, num_classes, dropout)
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        h = self.encoder(x)
+        return F.normalize(self.projector(h), dim=1), self.classifier(h)

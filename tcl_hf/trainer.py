@@ -1,0 +1,419 @@
+"""The TCL trainer: data, model, EM step, training loop, evaluation and outputs, wired by accelerate.
+
+``Trainer(cfg).train()`` runs a whole job; ``.detect_noise()`` and ``.evaluate()`` are usable on
+their own (e.g. after loading a checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import detector
+from .config import Config, save_config, to_dict
+from .data import DataBundle, load_data
+from .errors import DataError, TCLError
+from .metrics import detection_metrics, knn_predict
+from .models import TCLModel
+from .noise import make_noisy_labels
+from .objective import TCLWeights, ce_loss, mixup, tcl_loss
+from .optim import build_optimizer, lr_at, scaled_lr
+from .views import Views
+
+CHECKPOINT_PREFIX = "epoch_"
+
+
+class RunState:
+    """Everything besides model/optimizer/RNG that a resumed run needs: progress and EM state."""
+
+    def __init__(self, num_samples: int, num_classes: int, proj_dim: int):
+        self.epoch = 0          # completed epochs
+        self.step = 0           # optimizer steps taken
+        self.samples = 0        # training samples processed (all processes)
+        self.train_seconds = 0.0
+        self.wall_seconds = 0.0
+        self.confidences = torch.zeros(num_samples)
+        self.assignments = torch.zeros(num_samples, num_classes)
+        self.prototypes = F.normalize(torch.randn(num_classes, proj_dim), dim=1)
+        self.scale1 = 0.0
+        self.scale2 = 0.0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def default_image_size(backbone: str) -> int:
+    """The backbone's native input size from its timm pretrained config (224 when it has none)."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(backbone.split(".")[0])
+    size = getattr(pretrained_cfg, "input_size", None) if pretrained_cfg is not None else None
+    return int(size[-1]) if size else 224
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (renamed into place), oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+class Trainer:
+    """Builds everything from a validated ``Config`` and runs TCL (or the CE baseline)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        # The contrastive loss is skipped in CE mode, so DDP must tolerate the projector's unused weights.
+        ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=cfg.method == "ce")
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum_steps,
+            log_with="wandb" if cfg.log.with_ == "wandb" else None,
+            project_dir=str(self.output_dir),
+            # Seeded shuffling, so a resumed epoch sees the same order as an uninterrupted one.
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            kwargs_handlers=[ddp_kwargs],
+        )
+        set_seed(cfg.seed)
+        self.data = self._load_data()
+        self.num_classes = self.data.num_classes
+        self.given_labels, self.clean_labels = self._labels(self.data)
+        self.model, self.optimizer = self._build_model()
+        self.train_loader, self.train_eval_loader, self.test_loader = self._build_loaders()
+        self.model, self.optimizer, self.train_loader, self.train_eval_loader, self.test_loader = (
+            self.accelerator.prepare(self.model, self.optimizer, self.train_loader,
+                                     self.train_eval_loader, self.test_loader))
+        device = self.accelerator.device
+        self.views = Views(self.data.image_size, self.data.mean, self.data.std, cfg.aug.crop_padding,
+                           cfg.aug.strong_scale_min, cfg.aug.hflip).to(device)
+        self.given_labels = self.given_labels.to(device)
+        self.test_labels = torch.as_tensor(self.data.test_labels, device=device)
+        n = len(self.data.train)
+        self.state = RunState(n, self.num_classes, cfg.model.proj_dim)
+        self.accelerator.register_for_checkpointing(self.state)
+        self.total_batch = cfg.train.batch_size * self.accelerator.num_processes * cfg.train.grad_accum_steps
+        self.peak_lr = scaled_lr(cfg.optim.lr, self.total_batch, cfg.optim.scale_lr)
+        self.steps_per_epoch = max(len(self.train_loader) // cfg.train.grad_accum_steps, 1)
+        self._train_bank: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_em: dict = {}
+
+    # ---- construction -------------------------------------------------------------------------
+    def _load_data(self) -> DataBundle:
+        cfg = self.cfg
+        size = cfg.data.image_size or default_image_size(cfg.model.backbone)
+        mean, std = cfg.data.mean, cfg.data.std
+        if mean is None and cfg.model.pretrained:
+            # Pretrained weights expect the statistics they were trained with.
+            pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.backbone.split(".")[0])
+            mean, std = getattr(pretrained_cfg, "mean", None), getattr(pretrained_cfg, "std", None)
+        # Decoding happens once per machine; the main process goes first so datasets' cache is warm.
+        with self.accelerator.main_process_first():
+            return load_data(cfg.data, size, mean, std)
+
+    def _labels(self, data: DataBundle) -> tuple[torch.Tensor, np.ndarray | None]:
+        cfg = self.cfg
+        noise = cfg.noise
+        seed = cfg.seed if noise.seed is None else noise.seed
+        given = make_noisy_labels(noise.type, data.train_labels, data.num_classes, noise.rate, seed,
+                                  file=noise.file, full_size=data.full_train_size, limit=cfg.data.limit)
+        # With synthetic noise the dataset's own labels are the clean ones; otherwise only a clean column tells.
+        clean = data.clean_train_labels
+        if clean is None and noise.type != "none":
+            clean = data.train_labels
+        return torch.as_tensor(given), clean
+
+    def _build_model(self):
+        cfg = self.cfg
+        model = TCLModel(cfg.model.backbone, self.num_classes, cfg.model.proj_dim, cfg.model.dropout,
+                         pretrained=cfg.model.pretrained)
+        if cfg.train.sync_bn and self.accelerator.num_processes > 1:
+            # Must happen before prepare(): DDP wraps whatever modules exist at that point.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay)
+        return model, optimizer
+
+    def _build_loaders(self):
+        cfg = self.cfg
+        n = len(self.data.train)
+        global_batch = cfg.train.batch_size * self.accelerator.num_processes
+        if n < global_batch:
+            raise DataError(f"train.batch_size: {cfg.train.batch_size} per process x {self.accelerator.num_processes} "
+                            f"process(es) exceeds the {n} training samples; lower train.batch_size")
+        eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+        workers = cfg.data.num_workers
+        train = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                           num_workers=workers, pin_memory=torch.cuda.is_available())
+        train_eval = DataLoader(self.data.train, batch_size=eval_batch, shuffle=False, num_workers=workers)
+        test = DataLoader(self.data.test, batch_size=eval_batch, shuffle=False, num_workers=workers)
+        return train, train_eval, test
+
+    # ---- one optimizer step -------------------------------------------------------------------
+    def _gather_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(z), dim=0)
+
+    def _tcl_terms(self, images: torch.Tensor, index: torch.Tensor, warmup: bool) -> dict[str, torch.Tensor]:
+        cfg, views, st = self.cfg, self.views, self.state
+        x_w, x_q, x_k = views.weak(images), views.strong(images), views.strong(images)
+        x_mix, perm, lam = mixup(torch.cat([x_w, x_q, x_k]), cfg.tcl.mixup_alpha)
+        b = images.shape[0]
+        # One pass over all six parts keeps batch-norm statistics shared, as in the reference.
+        z, logits = self.model(torch.cat([x_w, x_mix, x_q, x_k]))
+        _, z_mix, z_q, z_k = z.split([b, 3 * b, b, b])
+        _, logits_mix, logits_q, logits_k = logits.split([b, 3 * b, b, b])
+        device = images.device
+        return tcl_loss(
+            z_q, z_k, z_mix, logits_q, logits_k, logits_mix,
+            labels=self.given_labels[index], confidences=st.confidences.to(device)[index],
+            prototypes=st.prototypes.to(device), lam=lam, perm=perm, scale1=st.scale1, scale2=st.scale2,
+            warmup=warmup, temperature=cfg.tcl.temperature,
+            weights=TCLWeights(cfg.tcl.lambda_cls, cfg.tcl.lambda_align, cfg.tcl.lambda_ent, cfg.tcl.lambda_ne),
+            gather=self._gather_with_grad if self.accelerator.num_processes > 1 else None,
+        )
+
+    def _ce_terms(self, images: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        _, logits = self.model(self.views.weak(images))
+        return ce_loss(logits, self.given_labels[index])
+
+    def _set_lr(self) -> float:
+        o = self.cfg.optim
+        epoch = (self.state.step + 1) / self.steps_per_epoch
+        lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, self.cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _max_steps_reached(self) -> bool:
+        return self.cfg.train.max_steps is not None and self.state.step >= self.cfg.train.max_steps
+
+    def train_epoch(self, epoch: int, progress=None) -> dict[str, float]:
+        """One pass over the training set; returns the epoch's mean loss terms and last lr."""
+        cfg, acc, st = self.cfg, self.accelerator, self.state
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        warmup = epoch < cfg.optim.warmup_epochs
+        sums: dict[str, float] = {}
+        batches, lr = 0, self._set_lr()
+        start = time.perf_counter()
+        for images, index in self.train_loader:
+            with acc.accumulate(self.model):
+                lr = self._set_lr()
+                terms = (self._tcl_terms(images, index, warmup) if cfg.method == "tcl"
+                         else self._ce_terms(images, index))
+                acc.backward(terms["loss"])
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            batches += 1
+            st.samples += images.shape[0] * acc.num_processes
+            if acc.sync_gradients:
+                st.step += 1
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", lr=f"{lr:.4f}")
+            if self._max_steps_reached():
+                break
+        st.train_seconds += time.perf_counter() - start
+        keys = sorted(sums)
+        means = {}
+        if keys:
+            local = torch.tensor([sums[k] / batches for k in keys], device=acc.device)
+            means = dict(zip(keys, acc.reduce(local, "mean").tolist()))
+        means["lr"] = lr
+        return means
+
+    # ---- EM step and evaluation ---------------------------------------------------------------
+    @torch.no_grad()
+    def extract(self, loader: DataLoader, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized projections [N, d] and class probabilities [N, C], every sample exactly once."""
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        model.eval()
+        z_all = torch.zeros(num_samples, self.cfg.model.proj_dim, device=acc.device)
+        p_all = torch.zeros(num_samples, self.num_classes, device=acc.device)
+        seen = torch.zeros(num_samples, dtype=torch.long, device=acc.device)
+        for images, index in loader:
+            z, logits = model(self.views.test(images))
+            # gather_for_metrics drops the samples the distributed sampler repeated to even out shards.
+            z, p, index = acc.gather_for_metrics((z.float(), F.softmax(logits.float(), dim=1), index))
+            z_all[index] = z
+            p_all[index] = p
+            seen.index_add_(0, index, torch.ones_like(index))
+        if not bool((seen == 1).all()):
+            raise RuntimeError(f"feature extraction saw {int((seen == 0).sum())} samples 0 times and "
+                               f"{int((seen > 1).sum())} more than once")
+        return z_all, p_all
+
+    def detect_noise(self) -> dict[str, float | None]:
+        """The EM step over the whole training set; updates confidences, prototypes and scales."""
+        cfg, st = self.cfg, self.state
+        z, p = self.extract(self.train_eval_loader, len(self.data.train))
+        if cfg.method == "tcl":
+            em = detector.em_step(z, p, self.given_labels, cfg.tcl.temperature, cfg.tcl.per_class_gmm)
+            st.prototypes, st.assignments, st.confidences = em.prototypes.cpu(), em.assignments.cpu(), em.confidences.cpu()
+        else:
+            st.confidences = detector.prediction_confidences(p, self.given_labels, cfg.tcl.per_class_gmm).cpu()
+        clean_ratio = float((st.confidences > 0.5).float().mean())
+        # Reference quirk kept: unset scales follow the estimated *clean* fraction.
+        st.scale1 = cfg.tcl.scale1 if cfg.tcl.scale1 is not None else clean_ratio
+        st.scale2 = cfg.tcl.scale2 if cfg.tcl.scale2 is not None else clean_ratio
+        self._train_bank = (z, p)
+        self._last_em = detection_metrics(st.confidences.numpy(), self.given_labels.cpu().numpy(),
+                                          self.clean_labels, p.argmax(dim=1).cpu().numpy())
+        return self._last_em
+
+    def evaluate(self) -> dict[str, float]:
+        """Test accuracy of the classifier, and kNN accuracy of z voting with the given train labels."""
+        if self._train_bank is None:
+            self.detect_noise()
+        z_train, _ = self._train_bank
+        z_test, p_test = self.extract(self.test_loader, len(self.data.test))
+        knn = knn_predict(z_test, z_train, self.given_labels, self.num_classes,
+                          self.cfg.eval.knn_k, self.cfg.eval.knn_t)
+        return {"test_acc": float((p_test.argmax(dim=1) == self.test_labels).float().mean()),
+                "knn_acc": float((knn == self.test_labels).float().mean())}
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write to a temporary folder, then rename: a half-written checkpoint is never picked up."""
+        acc = self.accelerator
+        root = self.output_dir / "checkpoints"
+        final = root / f"{CHECKPOINT_PREFIX}{self.state.epoch:04d}"
+        tmp = root / f".tmp-{final.name}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in checkpoint_dirs(self.output_dir)[:-self.cfg.train.checkpoints_to_keep]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint; False when there is none."""
+        found = checkpoint_dirs(self.output_dir)
+        if not found:
+            return False
+        self.accelerator.load_state(str(found[-1]))
+        self._train_bank = None
+        return True
+
+    # ---- the whole run --------------------------------------------------------------------------
+    def _record(self, epoch: int, losses: dict) -> dict:
+        return {"epoch": epoch, "step": self.state.step, **losses, **self.evaluate(), **self._last_em,
+                "scale1": self.state.scale1, "scale2": self.state.scale2}
+
+    def _metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    def _trim_metrics(self, last_epoch: int) -> None:
+        """Drop lines written after the checkpoint we resume from (the run died before saving)."""
+        path = self._metrics_path()
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def train(self) -> dict:
+        """Run the job to the end (or to train.max_steps) and write every output; returns the summary."""
+        cfg, acc, st = self.cfg, self.accelerator, self.state
+        started = time.perf_counter()
+        wall_before = st.wall_seconds
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "config.yaml")
+        if cfg.log.with_:
+            acc.init_trackers(cfg.log.project, config=_flat(to_dict(cfg)),
+                              init_kwargs={"wandb": {"name": cfg.log.run_name, "dir": str(self.output_dir)}})
+        resumed = cfg.train.resume and self.resume()
+        if resumed:
+            wall_before = st.wall_seconds
+            acc.print(f"resumed from epoch {st.epoch} (step {st.step}) in {self.output_dir}")
+            if acc.is_main_process:
+                self._trim_metrics(st.epoch)
+        else:
+            self.detect_noise()  # the EM step before epoch 1 gives the first confidences
+            acc.print(f"initial EM step: {_fmt(self._last_em)}")
+        record: dict = {}
+        progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=st.step, unit="step",
+                        disable=not (acc.is_main_process and cfg.log.progress), dynamic_ncols=True)
+        for epoch in range(st.epoch + 1, cfg.train.epochs + 1):
+            if self._max_steps_reached():
+                break
+            losses = self.train_epoch(epoch, progress)
+            self._check_finite(losses, epoch)
+            self.detect_noise()
+            st.epoch = epoch
+            record = self._record(epoch, losses)
+            self._log(record)
+            self.save_checkpoint()
+        progress.close()
+        if not record:
+            # Nothing left to train (resumed a finished run, or max_steps already reached).
+            self.detect_noise()
+            record = self._record(st.epoch, {})
+        st.wall_seconds = wall_before + time.perf_counter() - started
+        summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
+                   "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
+                   "train_samples": len(self.data.train), "test_samples": len(self.data.test),
+                   "num_processes": acc.num_processes}
+        if acc.is_main_process:
+            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        acc.print(f"done: {_fmt(summary)}")
+        acc.end_training()
+        return summary
+
+    def _check_finite(self, losses: dict, epoch: int) -> None:
+        for key, value in losses.items():
+            if not math.isfinite(value):
+                raise TCLError(f"training diverged: {key} is {value} in epoch {epoch} (step {self.state.step}); "
+                               f"lower optim.lr — the last good checkpoint is kept in {self.output_dir / 'checkpoints'}")
+
+    def _log(self, record: dict) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            with self._metrics_path().open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        acc.log({k: v for k, v in record.items() if v is not None}, step=record["epoch"])
+        acc.print(f"epoch {record['epoch']}/{self.cfg.train.epochs}: {_fmt(record)}")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _fmt(record: dict) -> str:
+    keys = ("test_acc", "knn_acc", "noise_auc", "clean_ratio_est", "label_acc", "loss")
+    return "  ".join(f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float))
