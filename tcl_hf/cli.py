@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from .errors import TCLError
@@ -14,6 +15,12 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run: the same arguments plus train.resume=true."""
+    args = [a for a in argv if not a.startswith(("train.resume=", "overwrite="))] + ["train.resume=true"]
+    return shlex.join([os.path.basename(sys.argv[0]) or "train.py", *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -24,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe, overrides = None, argv
     try:
         from .config import load_config
-        from .trainer import Trainer
+        from .trainer import StopRequested, Trainer
 
         cfg = load_config(recipe, overrides)
         Trainer(cfg).train()
@@ -32,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         if _is_main_process():
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as stop:
+        if _is_main_process():
+            print(f"stopped; checkpoint saved to {stop.checkpoint}. Resume with: python {resume_command(argv)}",
+                  file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if _is_main_process():
+            print(f"interrupted; resume from the last checkpoint with: python {resume_command(argv)}", file=sys.stderr)
         return 130
     return 0

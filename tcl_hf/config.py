@@ -149,6 +149,7 @@ class Config:
     output_dir: str = _opt("runs/tcl")
     seed: int = _opt(0, _non_negative)
     method: Literal["tcl", "ce"] = _opt("tcl")
+    overwrite: bool = _opt(False, help="replace the outputs of an earlier run in output_dir")
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

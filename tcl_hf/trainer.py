@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -30,10 +31,16 @@ from .models import TCLModel
 from .noise import make_noisy_labels
 from .objective import TCLWeights, ce_loss, mixup, tcl_loss
 from .optim import build_optimizer, lr_at, scaled_lr
+from .rundir import atomic_write_text, checkpoint_dirs, checkpoint_name, prepare_output_dir
 from .views import Views
 
-CHECKPOINT_PREFIX = "epoch_"
 
+class StopRequested(Exception):
+    """Raised at a step boundary after a stop signal, once the checkpoint is written."""
+
+    def __init__(self, checkpoint: Path):
+        super().__init__(str(checkpoint))
+        self.checkpoint = checkpoint
 
 class RunState:
     """Everything besides model/optimizer/RNG that a resumed run needs: progress and EM state."""
@@ -41,6 +48,8 @@ class RunState:
     def __init__(self, num_samples: int, num_classes: int, proj_dim: int):
         self.epoch = 0          # completed epochs
         self.step = 0           # optimizer steps taken
+        self.batches_done = 0   # batches of the epoch in progress (a mid-epoch checkpoint resumes after them)
+        self.loss_sums: dict[str, float] = {}  # running sums of the loss terms over those batches
         self.samples = 0        # training samples processed (all processes)
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
@@ -65,16 +74,6 @@ def default_image_size(backbone: str) -> int:
     return int(size[-1]) if size else 224
 
 
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (renamed into place), oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
 class Trainer:
     """Builds everything from a validated ``Config`` and runs TCL (or the CE baseline)."""
 
@@ -89,10 +88,15 @@ class Trainer:
             log_with="wandb" if cfg.log.with_ == "wandb" else None,
             project_dir=str(self.output_dir),
             # Seeded shuffling, so a resumed epoch sees the same order as an uninterrupted one.
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
             kwargs_handlers=[ddp_kwargs],
         )
+        # Refuse a clash with another run before spending time on data or models.
+        prepare_output_dir(self.output_dir, cfg.train.resume, cfg.overwrite, to_dict(cfg),
+                           self.accelerator.is_main_process)
+        self.accelerator.wait_for_everyone()
         set_seed(cfg.seed)
+        self._stop_signal: int | None = None
         self.data = self._load_data()
         self.num_classes = self.data.num_classes
         self.given_labels, self.clean_labels = self._labels(self.data)
@@ -159,10 +163,18 @@ class Trainer:
                             f"process(es) exceeds the {n} training samples; lower train.batch_size")
         eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
         workers = cfg.data.num_workers
+
+        def own_generator() -> torch.Generator:
+            # Starting an iterator draws a worker seed; from a private generator that draw leaves the
+            # global RNG alone, so a mid-epoch resume replays the same augmentations.
+            return torch.Generator().manual_seed(cfg.seed)
+
         train = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                           num_workers=workers, pin_memory=torch.cuda.is_available())
-        train_eval = DataLoader(self.data.train, batch_size=eval_batch, shuffle=False, num_workers=workers)
-        test = DataLoader(self.data.test, batch_size=eval_batch, shuffle=False, num_workers=workers)
+                           num_workers=workers, pin_memory=torch.cuda.is_available(), generator=own_generator())
+        train_eval = DataLoader(self.data.train, batch_size=eval_batch, shuffle=False, num_workers=workers,
+                                generator=own_generator())
+        test = DataLoader(self.data.test, batch_size=eval_batch, shuffle=False, num_workers=workers,
+                          generator=own_generator())
         return train, train_eval, test
 
     # ---- one optimizer step -------------------------------------------------------------------
@@ -206,15 +218,22 @@ class Trainer:
         return self.cfg.train.max_steps is not None and self.state.step >= self.cfg.train.max_steps
 
     def train_epoch(self, epoch: int, progress=None) -> dict[str, float]:
-        """One pass over the training set; returns the epoch's mean loss terms and last lr."""
+        """One pass over the training set (or the rest of it after a mid-epoch resume).
+
+        Returns the epoch's mean loss terms and last lr. Raises ``StopRequested`` after saving a
+        checkpoint when a stop signal arrived.
+        """
         cfg, acc, st = self.cfg, self.accelerator, self.state
         self.model.train()
         self.train_loader.set_epoch(epoch)
+        loader = self.train_loader
+        if st.batches_done:
+            # The sampler's order is fixed by (seed, epoch), so skipping reproduces the rest of the epoch.
+            loader = acc.skip_first_batches(self.train_loader, st.batches_done)
         warmup = epoch < cfg.optim.warmup_epochs
-        sums: dict[str, float] = {}
-        batches, lr = 0, self._set_lr()
+        lr = self._set_lr()
         start = time.perf_counter()
-        for images, index in self.train_loader:
+        for images, index in loader:
             with acc.accumulate(self.model):
                 lr = self._set_lr()
                 terms = (self._tcl_terms(images, index, warmup) if cfg.method == "tcl"
@@ -222,25 +241,38 @@ class Trainer:
                 acc.backward(terms["loss"])
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            batches += 1
+            values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+            self._check_finite(values, epoch)
+            for key, value in values.items():
+                st.loss_sums[key] = st.loss_sums.get(key, 0.0) + value
+            st.batches_done += 1
             st.samples += images.shape[0] * acc.num_processes
             if acc.sync_gradients:
                 st.step += 1
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", lr=f"{lr:.4f}")
+                    progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.4f}")
+                if self._stop_requested():
+                    st.train_seconds += time.perf_counter() - start
+                    raise StopRequested(self.save_checkpoint())
             if self._max_steps_reached():
                 break
         st.train_seconds += time.perf_counter() - start
-        keys = sorted(sums)
+        keys = sorted(st.loss_sums)
         means = {}
         if keys:
-            local = torch.tensor([sums[k] / batches for k in keys], device=acc.device)
+            local = torch.tensor([st.loss_sums[k] / st.batches_done for k in keys], device=acc.device)
             means = dict(zip(keys, acc.reduce(local, "mean").tolist()))
+        st.batches_done, st.loss_sums = 0, {}
         means["lr"] = lr
         return means
+
+    def _stop_requested(self) -> bool:
+        """True on every process once any process got SIGTERM/SIGINT, so all save the same step."""
+        flag = self._stop_signal is not None
+        if self.accelerator.num_processes > 1:
+            flag = bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum") > 0)
+        return flag
 
     # ---- EM step and evaluation ---------------------------------------------------------------
     @torch.no_grad()
@@ -295,15 +327,22 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write to a temporary folder, then rename: a half-written checkpoint is never picked up."""
+        """Write to a hidden folder, then rename: a half-written checkpoint is never picked up."""
         acc = self.accelerator
         root = self.output_dir / "checkpoints"
-        final = root / f"{CHECKPOINT_PREFIX}{self.state.epoch:04d}"
+        final = root / checkpoint_name(self.state.step)
         tmp = root / f".tmp-{final.name}"
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        try:
+            acc.save_state(str(tmp))
+        except OSError as exc:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            kept = checkpoint_dirs(self.output_dir)
+            raise TCLError(f"could not write checkpoint {final} ({exc.strerror or exc}); "
+                           f"the previous one is intact: {kept[-1] if kept else 'none yet'}") from None
         acc.wait_for_everyone()
         if acc.is_main_process:
             if final.exists():
@@ -340,43 +379,64 @@ class Trainer:
                 if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
         path.write_text("".join(line + "\n" for line in kept))
 
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt  # a second signal means "now"
+        self._stop_signal = signum
+        self.accelerator.print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step "
+                               f"(send again to stop at once)")
+
     def train(self) -> dict:
-        """Run the job to the end (or to train.max_steps) and write every output; returns the summary."""
+        """Run the job to the end (or to train.max_steps) and write every output; returns the summary.
+
+        SIGTERM/SIGINT stop it at the next step boundary with a checkpoint (raises StopRequested).
+        """
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> dict:
         cfg, acc, st = self.cfg, self.accelerator, self.state
         started = time.perf_counter()
-        wall_before = st.wall_seconds
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output_dir / "config.yaml")
         if cfg.log.with_:
             acc.init_trackers(cfg.log.project, config=_flat(to_dict(cfg)),
                               init_kwargs={"wandb": {"name": cfg.log.run_name, "dir": str(self.output_dir)}})
+        if acc.is_main_process:
+            save_config(cfg, self.output_dir / "config.yaml")
         resumed = cfg.train.resume and self.resume()
         if resumed:
-            wall_before = st.wall_seconds
-            acc.print(f"resumed from epoch {st.epoch} (step {st.step}) in {self.output_dir}")
+            acc.print(f"resumed from {checkpoint_dirs(self.output_dir)[-1]} (epoch {st.epoch}, step {st.step})")
             if acc.is_main_process:
                 self._trim_metrics(st.epoch)
         else:
+            if cfg.train.resume:
+                acc.print(f"no checkpoint in {self.output_dir}: starting from scratch")
             self.detect_noise()  # the EM step before epoch 1 gives the first confidences
             acc.print(f"initial EM step: {_fmt(self._last_em)}")
+        wall_before = st.wall_seconds
         record: dict = {}
         progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=st.step, unit="step",
                         disable=not (acc.is_main_process and cfg.log.progress), dynamic_ncols=True)
-        for epoch in range(st.epoch + 1, cfg.train.epochs + 1):
-            if self._max_steps_reached():
-                break
-            losses = self.train_epoch(epoch, progress)
-            self._check_finite(losses, epoch)
-            self.detect_noise()
-            st.epoch = epoch
-            record = self._record(epoch, losses)
-            self._log(record)
-            self.save_checkpoint()
-        progress.close()
+        try:
+            for epoch in range(st.epoch + 1, cfg.train.epochs + 1):
+                if self._max_steps_reached():
+                    break
+                losses = self.train_epoch(epoch, progress)
+                self.detect_noise()
+                st.epoch = epoch
+                record = self._record(epoch, losses)
+                self._log(record)
+                st.wall_seconds = wall_before + time.perf_counter() - started
+                self.save_checkpoint()
+        finally:
+            progress.close()
         if not record:
             # Nothing left to train (resumed a finished run, or max_steps already reached).
-            self.detect_noise()
+            if self._train_bank is None:
+                self.detect_noise()
             record = self._record(st.epoch, {})
         st.wall_seconds = wall_before + time.perf_counter() - started
         summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
@@ -384,16 +444,20 @@ class Trainer:
                    "train_samples": len(self.data.train), "test_samples": len(self.data.test),
                    "num_processes": acc.num_processes}
         if acc.is_main_process:
-            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         acc.print(f"done: {_fmt(summary)}")
         acc.end_training()
         return summary
 
     def _check_finite(self, losses: dict, epoch: int) -> None:
-        for key, value in losses.items():
-            if not math.isfinite(value):
-                raise TCLError(f"training diverged: {key} is {value} in epoch {epoch} (step {self.state.step}); "
-                               f"lower optim.lr — the last good checkpoint is kept in {self.output_dir / 'checkpoints'}")
+        """Stop before a non-finite loss reaches a checkpoint, naming the first bad term."""
+        bad = [key for key, value in losses.items() if key != "loss" and not math.isfinite(value)]
+        if bad or not math.isfinite(losses.get("loss", 0.0)):
+            term = bad[0] if bad else "loss"
+            kept = checkpoint_dirs(self.output_dir)
+            raise TCLError(f"training diverged: {term} = {losses.get(term)} at step {self.state.step + 1} "
+                           f"(epoch {epoch}); last good checkpoint: {kept[-1] if kept else 'none'}; "
+                           f"try a lower optim.lr")
 
     def _log(self, record: dict) -> None:
         acc = self.accelerator

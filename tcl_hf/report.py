@@ -1,0 +1,148 @@
+"""What a run found: the per-sample label-issue table and the plots that explain detection and training.
+
+``label_issues`` ranks every training sample by the detector's clean probability (most suspect first);
+``make_plots`` draws the clean-probability distribution and the per-epoch curves of metrics.jsonl.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+# Figure without pyplot draws with the Agg canvas and leaves the user's global matplotlib backend alone.
+from matplotlib.figure import Figure
+
+from .errors import TCLError
+
+LABEL_ISSUES_FILE = "label_issues.csv"
+METRICS_FILE = "metrics.jsonl"
+PLOTS_DIR = "plots"
+NOISY_BELOW = 0.5  # the trainer's rule: a label is called noisy when its clean probability is below this
+
+
+def _names_are_informative(class_names: list[str] | None) -> bool:
+    # Datasets without a ClassLabel get names "0", "1", ...: columns of those would repeat the label ids.
+    return bool(class_names) and list(class_names) != [str(k) for k in range(len(class_names))]
+
+
+def label_issues(given, predicted, clean_prob, clean=None, class_names: list[str] | None = None) -> pd.DataFrame:
+    """One row per training sample, sorted by ``clean_prob`` ascending (ties by index).
+
+    Columns: index (row of the training split), given_label, predicted_label, clean_prob, is_noisy
+    (clean_prob < 0.5), clean_label when known, and given_name/predicted_name/clean_name when the
+    dataset names its classes.
+    """
+    given, predicted = np.asarray(given, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    clean_prob = np.asarray(clean_prob, dtype=np.float64)
+    if not (len(given) == len(predicted) == len(clean_prob)) or (clean is not None and len(clean) != len(given)):
+        raise ValueError("given, predicted, clean_prob (and clean) must have one entry per training sample")
+    table = {"index": np.arange(len(given)), "given_label": given, "predicted_label": predicted,
+             "clean_prob": clean_prob, "is_noisy": clean_prob < NOISY_BELOW}
+    label_columns = ["given", "predicted"]
+    if clean is not None:
+        table["clean_label"] = np.asarray(clean, dtype=np.int64)
+        label_columns.append("clean")
+    if _names_are_informative(class_names):
+        names = np.asarray(class_names, dtype=object)
+        for column in label_columns:
+            table[f"{column}_name"] = names[table[f"{column}_label"]]
+    frame = pd.DataFrame(table)
+    return frame.sort_values(["clean_prob", "index"], kind="stable").reset_index(drop=True)
+
+
+def write_label_issues(output_dir: str | Path, issues: pd.DataFrame) -> Path:
+    """Write the table to ``<output_dir>/label_issues.csv``; returns the path."""
+    path = Path(output_dir) / LABEL_ISSUES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    issues.to_csv(path, index=False)
+    return path
+
+
+def load_label_issues(output_dir: str | Path) -> pd.DataFrame:
+    """The label-issue table of a finished run, most suspect samples first."""
+    path = Path(output_dir) / LABEL_ISSUES_FILE
+    if not path.is_file():
+        raise TCLError(f"{path} does not exist; make it for a finished run with: python -m tcl_hf.export {output_dir}")
+    return pd.read_csv(path)
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """The per-epoch records of ``<output_dir>/metrics.jsonl`` (empty when the file is absent)."""
+    path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise TCLError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+    return records
+
+
+def clean_prob_groups(clean_prob, given, clean=None, class_names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Clean probabilities split by whether the given label is truly clean, or by given class when unknown."""
+    clean_prob, given = np.asarray(clean_prob, dtype=np.float64), np.asarray(given)
+    if clean is not None:
+        truly_clean = given == np.asarray(clean)
+        return {"truly clean": clean_prob[truly_clean], "truly noisy": clean_prob[~truly_clean]}
+    names = class_names or []
+    return {f"given {names[k] if k < len(names) else k}": clean_prob[given == k] for k in np.unique(given)}
+
+
+def _plot_clean_prob(path: Path, groups: dict[str, np.ndarray], split_by_truth: bool) -> Path:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 41)
+    for name, values in groups.items():
+        ax.hist(values, bins=bins, histtype="step" if not split_by_truth else "stepfilled",
+                alpha=0.5 if split_by_truth else 1.0, label=f"{name} ({len(values)})")
+    ax.axvline(NOISY_BELOW, color="black", linestyle="--", linewidth=1, label="noisy below")
+    ax.set_xlabel("clean probability of the given label")
+    ax.set_ylabel("training samples")
+    ax.set_title("Noise detection: clean probability" + (" by true label status" if split_by_truth
+                                                           else " by given class"))
+    ax.legend(fontsize="small", ncol=1 if len(groups) <= 6 else 2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _series(records: list[dict], key: str) -> tuple[list, list]:
+    points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and "epoch" in r]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _plot_curves(path: Path, records: list[dict]) -> Path:
+    fig = Figure(figsize=(10, 4))
+    acc_ax, det_ax = fig.subplots(1, 2)
+    for key, label in (("test_acc", "test accuracy"), ("knn_acc", "kNN accuracy")):
+        acc_ax.plot(*_series(records, key), marker="o", label=label)
+    for key, label in (("noise_auc", "noise AUC"), ("clean_ratio_est", "estimated clean ratio")):
+        epochs, values = _series(records, key)
+        if values:
+            det_ax.plot(epochs, values, marker="o", label=label)
+    for ax, title in ((acc_ax, "Accuracy"), (det_ax, "Noise detection")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.set_ylim(0.0, 1.02)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def make_plots(output_dir: str | Path, clean_prob, given, clean=None,
+               class_names: list[str] | None = None) -> list[Path]:
+    """Write ``<output_dir>/plots/clean_prob.png`` and, when metrics.jsonl has epochs, ``curves.png``."""
+    plots = Path(output_dir) / PLOTS_DIR
+    plots.mkdir(parents=True, exist_ok=True)
+    groups = clean_prob_groups(clean_prob, given, clean, class_names)
+    paths = [_plot_clean_prob(plots / "clean_prob.png", groups, split_by_truth=clean is not None)]
+    records = read_metrics(output_dir)
+    if records:
+        paths.append(_plot_curves(plots / "curves.png", records))
+    return paths
