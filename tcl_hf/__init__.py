@@ -1,5 +1,6 @@
 """tcl_hf: Twin Contrastive Learning with noisy labels on the Hugging Face stack."""
 from . import models  # noqa: F401  (registers the project's timm architectures on import)
+from . import hub  # noqa: F401  (registers tcl_classifier, the exported classifier, with timm)
 from .config import Config, load_config
 from .errors import ConfigError, DataError, TCLError
 

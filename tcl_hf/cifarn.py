@@ -61,13 +61,7 @@ def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndar
     """
     path = Path(path)
     content = _read(path)
-    offered = [name for name, key in LABEL_SETS.items() if key in content]
-    if label_set not in offered:
-        raise DataError(f"noise.label_set: {label_set!r} is not in {path.name}; this file offers: {', '.join(offered)}")
     clean = np.asarray(content["clean_label"], dtype=np.int64)
-    noisy = np.asarray(content[LABEL_SETS[label_set]], dtype=np.int64)
-    if len(noisy) != len(clean):
-        raise DataError(f"noise.file: {path.name} has {len(clean)} clean but {len(noisy)} {label_set} labels")
     ours = np.asarray(dataset_labels, dtype=np.int64)
     expected = len(clean) if limit is None else min(limit, len(clean))
     if len(ours) != expected:
@@ -78,4 +72,11 @@ def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndar
         raise DataError(f"noise.file: the clean labels in {path.name} disagree with the dataset's at {wrong} of "
                         f"{expected} positions; the file appears to be for {describe(content)} in the canonical "
                         f"train order — use it with that dataset, in that order")
+    # Checked after the dataset match: a file for another dataset is the more basic mistake.
+    offered = [name for name, key in LABEL_SETS.items() if key in content]
+    if label_set not in offered:
+        raise DataError(f"noise.label_set: {label_set!r} is not in {path.name}; this file offers: {', '.join(offered)}")
+    noisy = np.asarray(content[LABEL_SETS[label_set]], dtype=np.int64)
+    if len(noisy) != len(clean):
+        raise DataError(f"noise.file: {path.name} has {len(clean)} clean but {len(noisy)} {label_set} labels")
     return noisy[:expected]

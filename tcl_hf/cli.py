@@ -21,6 +21,15 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join([os.path.basename(sys.argv[0]) or "train.py", *args])
 
 
+def one_line(exc: Exception) -> str:
+    """The user-facing line of an error; one raised in a loader worker arrives wrapped in the
+    worker's traceback, with the original message as its last line."""
+    lines = str(exc).strip().splitlines()
+    last = lines[-1] if lines else type(exc).__name__
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -37,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         Trainer(cfg).train()
     except TCLError as exc:
         if _is_main_process():
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except StopRequested as stop:
         if _is_main_process():

@@ -56,8 +56,14 @@ def _triple(v):
 
 @dataclass
 class DataConfig:
-    format: Literal["hf", "digits"] = _opt("hf", help="how to read the data")
+    format: Literal["hf", "digits", "webvision", "clothing1m"] = _opt("hf", help="how to read the data")
     path: str = _opt("uoft-cs/cifar10", help="hub id, local folder in hub layout, or data files")
+    root: Optional[str] = _opt(None, help="dataset folder in its standard layout (webvision, clothing1m)")
+    num_classes: Optional[int] = _opt(None, _positive, "webvision: keep classes < N (50 = mini-WebVision)")
+    imagenet_val: Optional[str] = _opt(None, help="webvision: ILSVRC12 val folder, one sub-folder per class index")
+    samples_per_epoch: Optional[int] = _opt(None, _positive, "clothing1m: class-balanced random subset per epoch")
+    on_bad_image: Literal["skip", "error"] = _opt("skip", help="unreadable/missing image: skip and count, or stop")
+    in_memory: Optional[bool] = _opt(None, help="decode all images up front; null = when they fit in 4 GiB")
     image_column: Optional[str] = _opt(None, help="image column; null = the first Image column")
     label_column: Optional[str] = _opt(None, help="label column; null = the first ClassLabel column")
     clean_label_column: Optional[str] = _opt(None, help="column with known clean labels, if any")
@@ -72,9 +78,10 @@ class DataConfig:
 
 @dataclass
 class NoiseConfig:
-    type: Literal["none", "sym", "asym", "file"] = _opt("none")
+    type: Literal["none", "sym", "asym", "file", "cifarn"] = _opt("none")
     rate: float = _opt(0.0, _in_range(0.0, 1.0), "fraction of samples whose label is redrawn")
-    file: Optional[str] = _opt(None, help=".npy file with one label per training sample")
+    file: Optional[str] = _opt(None, help=".npy label file, or CIFAR-10_human.pt / CIFAR-100_human.pt")
+    label_set: Optional[str] = _opt(None, help="cifarn: aggre, worse, random1-3 (10N) or noisy (100N)")
     seed: Optional[int] = _opt(None, help="seed of the synthetic noise; null = the run's seed")
 
 
@@ -82,6 +89,7 @@ class NoiseConfig:
 class ModelConfig:
     backbone: str = _opt("preact_resnet18_cifar", help="any timm model name")
     pretrained: bool = _opt(False)
+    pretrained_file: Optional[str] = _opt(None, help="offline weights for the backbone (implies pretrained)")
     proj_dim: int = _opt(256, _positive, "projection dimension d")
     dropout: float = _opt(0.25, _in_range(0.0, 1.0, hi_open=True))
 
@@ -145,6 +153,13 @@ class LogConfig:
 
 
 @dataclass
+class HubConfig:
+    repo_id: Optional[str] = _opt(None, help="push the exported classifier to this Hub repo")
+    private: bool = _opt(False)
+    revision: Optional[str] = _opt(None, help="branch to push to")
+
+
+@dataclass
 class Config:
     output_dir: str = _opt("runs/tcl")
     seed: int = _opt(0, _non_negative)
@@ -159,6 +174,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 def _key_name(f: dataclasses.Field) -> str:
@@ -321,10 +337,23 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def validate(cfg: Config) -> None:
     """Cross-key checks that a single field's type cannot express."""
-    if cfg.noise.type == "file" and not cfg.noise.file:
-        raise ConfigError("noise.file: required when noise.type=file (a .npy with one label per training sample)")
-    if cfg.noise.type == "file" and not Path(cfg.noise.file).is_file():
+    if cfg.noise.type in ("file", "cifarn") and not cfg.noise.file:
+        what = "a .npy with one label per training sample" if cfg.noise.type == "file" else "CIFAR-10_human.pt or CIFAR-100_human.pt"
+        raise ConfigError(f"noise.file: required when noise.type={cfg.noise.type} ({what})")
+    if cfg.noise.type in ("file", "cifarn") and not Path(cfg.noise.file).is_file():
         raise ConfigError(f"noise.file: {cfg.noise.file!r} does not exist")
+    if cfg.noise.type == "cifarn" and not cfg.noise.label_set:
+        raise ConfigError("noise.label_set: required when noise.type=cifarn "
+                          "(aggre, worse, random1, random2, random3 for CIFAR-10N; noisy for CIFAR-100N)")
+    if cfg.data.format in ("webvision", "clothing1m"):
+        if not cfg.data.root:
+            raise ConfigError(f"data.root: required when data.format={cfg.data.format} (the dataset's top folder)")
+        if not Path(cfg.data.root).is_dir():
+            raise ConfigError(f"data.root: {cfg.data.root!r} is not a folder")
+    if cfg.data.imagenet_val and not Path(cfg.data.imagenet_val).is_dir():
+        raise ConfigError(f"data.imagenet_val: {cfg.data.imagenet_val!r} is not a folder")
+    if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():
+        raise ConfigError(f"model.pretrained_file: {cfg.model.pretrained_file!r} does not exist")
     if cfg.noise.type in ("sym", "asym") and cfg.noise.rate == 0.0:
         raise ConfigError(f"noise.rate: must be > 0 when noise.type={cfg.noise.type} (or use noise.type=none)")
     if (cfg.data.mean is None) != (cfg.data.std is None):

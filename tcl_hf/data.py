@@ -7,13 +7,13 @@ index, so the clean labels kept for measuring detection cannot leak into the los
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .errors import DataError
 
@@ -21,17 +21,45 @@ from .errors import DataError
 ImageFile.LOAD_TRUNCATED_IMAGES = True
 
 
-class TensorImages(Dataset):
-    """Decoded images held in memory as uint8 [N, C, H, W]; items are (image, index)."""
+# Up to this many bytes of decoded images are kept in memory; larger sets decode in loader workers.
+IN_MEMORY_BYTES = 4 * 2**30
+# Views of images up to this size follow CIFAR (pad-and-crop); larger ones follow ImageNet (crop inside).
+SMALL_IMAGE = 64
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# What PIL raises for files it cannot read; anything else is a bug and should surface.
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
-    def __init__(self, images: torch.Tensor):
+
+class TensorImages(Dataset):
+    """Decoded images held in memory as uint8 [N, C, H, W]; items are (image, index, ok)."""
+
+    def __init__(self, images: torch.Tensor, ok: torch.Tensor | None = None):
         self.images = images
+        self.ok = ok if ok is not None else torch.ones(images.shape[0], dtype=torch.bool)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, index: int):
-        return self.images[index], index
+        # Every dataset yields (image, index, ok); ok=False marks an image that could not be read.
+        return self.images[index], index, bool(self.ok[index])
+
+
+class HFImages(Dataset):
+    """A datasets split whose images decode when a loader worker asks; items are (image, index, ok)."""
+
+    def __init__(self, split, column: str, size: int, on_bad_image: str):
+        import datasets
+
+        self.split = split.cast_column(column, datasets.Image(decode=False)).select_columns([column])
+        self.column, self.size, self.on_bad_image = column, size, on_bad_image
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        image, ok = decode_cell(self.split[index][self.column], self.size, self.on_bad_image)
+        return torch.tensor(image).permute(2, 0, 1), index, ok
 
 
 @dataclass
@@ -47,6 +75,14 @@ class DataBundle:
     std: tuple[float, float, float]
     image_size: int
     full_train_size: int              # rows in the train split before data.limit (label files must match it)
+    extra_evals: dict = field(default_factory=dict)  # more test sets: name -> (Dataset, labels), e.g. "val"
+    train_sampler: Sampler | None = None             # e.g. a class-balanced subset per epoch
+    storage_size: int | None = None                  # size the loader hands out when larger than image_size
+
+    @property
+    def eval_sets(self) -> dict:
+        """Every held-out set by name, "test" first."""
+        return {"test": (self.test, self.test_labels), **self.extra_evals}
 
 
 def to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
@@ -69,18 +105,37 @@ def _open(cell) -> Image.Image:
     return Image.open(cell["path"])
 
 
-def decode_images(cells, size: int) -> torch.Tensor:
-    """Decode a column of undecoded image cells into one uint8 tensor [N, 3, size, size]."""
+def decode_cell(cell, size: int, on_bad_image: str = "error") -> tuple[np.ndarray, bool]:
+    """One undecoded image cell -> (RGB uint8 [size, size, 3], ok); an unreadable one is zeros
+    with ok=False, or a DataError naming it when on_bad_image='error'."""
+    try:
+        return to_rgb_array(_open(cell), size), True
+    except BAD_IMAGE_ERRORS as exc:
+        where = cell.get("path") or "an embedded image"
+        if on_bad_image == "error":
+            raise DataError(f"image {where}: cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                            f"set data.on_bad_image=skip to leave such images out") from None
+        return np.zeros((size, size, 3), dtype=np.uint8), False
+
+
+def decode_images(cells, size: int, on_bad_image: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a column of undecoded image cells into uint8 [N, 3, size, size] and an ok mask [N]."""
     out = np.empty((len(cells), size, size, 3), dtype=np.uint8)
+    ok = np.ones(len(cells), dtype=bool)
     for i, cell in enumerate(cells):
-        out[i] = to_rgb_array(_open(cell), size)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        out[i], ok[i] = decode_cell(cell, size, on_bad_image)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(ok)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple, tuple]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     x = images.float().div(255.0)
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+
+
+def storage_size_for(image_size: int) -> int:
+    """Size the loader hands out: the input size for small images, ImageNet's 256/224 margin above."""
+    return image_size if image_size <= SMALL_IMAGE else round(image_size / 0.875)
 
 
 def _load_dataset_dict(path: str):
@@ -153,11 +208,15 @@ def digits_dataset_dict(seed: int = 0):
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
 
-def load_data(data_cfg, image_size: int, mean=None, std=None) -> DataBundle:
-    """Read the train and test splits named by the config and decode them at `image_size`.
+def load_data(data_cfg, image_size: int, mean=None, std=None, seed: int = 0) -> DataBundle:
+    """Read the splits named by the config; `mean`/`std` default to the data's own statistics
+    (in-memory sets) or the dataset's published ones."""
+    if data_cfg.format in ("webvision", "clothing1m"):
+        return _load_file_lists(data_cfg, image_size, mean, std, seed)
+    return _load_hf(data_cfg, image_size, mean, std)
 
-    `mean`/`std` default to the training images' own statistics.
-    """
+
+def _load_hf(data_cfg, image_size: int, mean, std) -> DataBundle:
     import datasets
 
     if data_cfg.format == "digits":
@@ -190,14 +249,67 @@ def load_data(data_cfg, image_size: int, mean=None, std=None) -> DataBundle:
             raise DataError(f"data.label_column: {name} labels span [{labels.min()}, {labels.max()}], "
                             f"allowed 0..{num_classes - 1}")
 
-    raw = datasets.Image(decode=False)
-    train_images = decode_images(train.cast_column(image_col, raw)[image_col], image_size)
-    test_images = decode_images(test.cast_column(image_col, raw)[image_col], image_size)
-    if mean is None:
-        mean, std = channel_stats(train_images)
+    storage = storage_size_for(image_size)
+    in_memory = data_cfg.in_memory
+    if in_memory is None:
+        in_memory = (len(train) + len(test)) * storage * storage * 3 <= IN_MEMORY_BYTES
+    if in_memory:
+        raw = datasets.Image(decode=False)
+        train_images, train_ok = decode_images(train.cast_column(image_col, raw)[image_col], storage,
+                                               data_cfg.on_bad_image)
+        test_images, test_ok = decode_images(test.cast_column(image_col, raw)[image_col], storage,
+                                             data_cfg.on_bad_image)
+        if mean is None:
+            mean, std = channel_stats(train_images[train_ok])
+        train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)
+    else:
+        train_set = HFImages(train, image_col, storage, data_cfg.on_bad_image)
+        test_set = HFImages(test, image_col, storage, data_cfg.on_bad_image)
+        if mean is None:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
     return DataBundle(
-        train=TensorImages(train_images), test=TensorImages(test_images),
+        train=train_set, test=test_set,
         train_labels=train_labels, test_labels=test_labels, clean_train_labels=clean,
         num_classes=num_classes, class_names=_class_names(train.features, label_col, num_classes),
         mean=tuple(mean), std=tuple(std), image_size=image_size, full_train_size=full_train_size,
+        storage_size=storage,
+    )
+
+
+def _load_file_lists(data_cfg, image_size: int, mean, std, seed: int) -> DataBundle:
+    """WebVision / Clothing1M from their standard layouts, decoded lazily in loader workers."""
+    from .formats import (CLOTHING1M_MEAN, CLOTHING1M_STD, BalancedSubsetSampler, FileImages, read_clothing1m,
+                          read_webvision)
+
+    if data_cfg.format == "webvision":
+        lists = read_webvision(data_cfg.root, data_cfg.num_classes or 50, data_cfg.imagenet_val)
+        default_stats, extra_names = (IMAGENET_MEAN, IMAGENET_STD), ("imagenet",)
+    else:
+        lists = read_clothing1m(data_cfg.root)
+        default_stats, extra_names = (CLOTHING1M_MEAN, CLOTHING1M_STD), ("val",)
+    full_train_size = len(lists["train"])
+    if data_cfg.limit:
+        # List files are sorted by class, so the first N lines would be one class: take a seeded sample.
+        rng = np.random.default_rng(seed)
+        lists = {name: lst.subset(np.sort(rng.permutation(len(lst))[:data_cfg.limit])) for name, lst in lists.items()}
+    for name, lst in lists.items():
+        if len(lst) == 0:
+            raise DataError(f"data.root: the {name} split of {data_cfg.root} is empty")
+    storage = storage_size_for(image_size)
+
+    def images(name: str) -> FileImages:
+        return FileImages(lists[name].paths, storage, data_cfg.on_bad_image)
+
+    train, test = lists["train"], lists["test"]
+    sampler = None
+    if data_cfg.samples_per_epoch:
+        sampler = BalancedSubsetSampler(train.labels, train.num_classes, data_cfg.samples_per_epoch, seed)
+    mean, std = (mean, std) if mean is not None else default_stats
+    return DataBundle(
+        train=images("train"), test=images("test"),
+        train_labels=train.labels, test_labels=test.labels, clean_train_labels=None,
+        num_classes=train.num_classes, class_names=list(train.class_names),
+        mean=tuple(mean), std=tuple(std), image_size=image_size, full_train_size=full_train_size,
+        extra_evals={name: (images(name), lists[name].labels) for name in extra_names if name in lists},
+        train_sampler=sampler, storage_size=storage,
     )

@@ -1,7 +1,8 @@
-"""Publish a run: the Hub folder, the label-issue report and the plots, and optionally the push.
+"""Publish a run: the Hub folder, the label-issue report and the plots; then, optionally, the push.
 
-``publish_run`` is what the trainer calls at the end of a run (main process only); the command line
-re-exports a finished run from its newest checkpoint:
+``publish_run`` is what the trainer calls at the end of a run (main process only), followed by
+``tcl_hf.hub.push_folder`` when a repo is named; the command line re-exports a finished run from its
+newest checkpoint:
 
     python -m tcl_hf.export RUN_DIR [--push REPO_ID] [--private] [--revision BRANCH]
 """
@@ -26,34 +27,35 @@ class Published:
     hub_dir: Path
     label_issues: Path
     plots: list[Path]
-    url: str | None = None  # commit URL when pushed
 
 
-def publish_run(trainer, metrics: dict, *, repo_id: str | None = None, private: bool = False,
-                revision: str | None = None) -> Published:
-    """Write ``<output_dir>/hub``, ``label_issues.csv`` and ``plots/`` for a trained ``Trainer``, then push.
+def publish_run(trainer, metrics: dict, *, repo_id: str | None = None) -> Published:
+    """Write ``<output_dir>/hub``, ``label_issues.csv`` and ``plots/`` for a trained ``Trainer``.
 
     Call on the main process after the last EM step (``trainer.detect_noise()``), which supplies the
-    confidences, prototypes and the predictions used here. A failed push raises TCLError after every
-    local output is written.
+    confidences, prototypes and the predictions used here. ``repo_id`` only sets the card's loading example.
     """
-    if trainer._train_bank is None:
+    if trainer.train_probs is None:
         raise TCLError("publish_run needs the predictions of an EM step; call trainer.detect_noise() first")
     output_dir = trainer.output_dir
     data = trainer.data
     model = trainer.accelerator.unwrap_model(trainer.model)
-    given = trainer.given_labels.cpu().numpy()
-    predicted = trainer._train_bank[1].argmax(dim=1).cpu().numpy()
-    clean_prob = trainer.state.confidences.cpu().numpy()
-    clean = trainer.clean_labels
+    # Unreadable images have no verdict; the report covers the samples the detector saw.
+    keep = ~trainer.train_bad.cpu().numpy()
+    index = keep.nonzero()[0]
+    given = trainer.given_labels.cpu().numpy()[keep]
+    predicted = trainer.train_probs.argmax(dim=1).cpu().numpy()[keep]
+    clean_prob = trainer.state.confidences.cpu().numpy()[keep]
+    clean = trainer.clean_labels[keep] if trainer.clean_labels is not None else None
 
-    hub_dir = export_hub_folder(model, trainer.state.prototypes, output_dir / HUB_DIR, run_config=to_dict(trainer.cfg),
-                                metrics=metrics, label_names=data.class_names, image_size=data.image_size,
-                                mean=data.mean, std=data.std, repo_id=repo_id)
-    issues = write_label_issues(output_dir, label_issues(given, predicted, clean_prob, clean, data.class_names))
+    hub_dir = export_hub_folder(model, trainer.state.prototypes, output_dir / HUB_DIR,
+                                run_config=to_dict(trainer.cfg), metrics=metrics, label_names=data.class_names,
+                                image_size=data.image_size, mean=data.mean, std=data.std, repo_id=repo_id)
+    table = label_issues(given, predicted, clean_prob, clean, data.class_names)
+    table["index"] = index[table["index"].to_numpy()]
+    issues = write_label_issues(output_dir, table)
     plots = make_plots(output_dir, clean_prob, given, clean, data.class_names)
-    url = push_folder(hub_dir, repo_id, private=private, revision=revision) if repo_id else None
-    return Published(hub_dir, issues, plots, url)
+    return Published(hub_dir, issues, plots)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,24 +70,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export_finished_run(run_dir: str | Path, *, repo_id: str | None = None, private: bool = False,
-                        revision: str | None = None) -> Published:
+def export_finished_run(run_dir: str | Path, repo_id: str | None = None) -> Published:
     """Rebuild the trainer of ``run_dir`` from its config and newest checkpoint, then ``publish_run``."""
-    from .config import load_config
+    from .config import load_config, read_recipe
     from .trainer import Trainer
 
     run_dir = Path(run_dir)
     recipe = run_dir / "config.yaml"
     if not recipe.is_file():
         raise TCLError(f"{recipe} does not exist; RUN_DIR must be the output_dir of a tcl_hf run")
-    cfg = load_config(recipe, ["train.resume=true", "log.with=null", "log.progress=false", f"output_dir={run_dir}"])
+    overrides = ["train.resume=true", "log.with=null", "log.progress=false"]
+    saved_dir = read_recipe(recipe).get("output_dir")
+    if saved_dir is None or Path(saved_dir).resolve() != run_dir.resolve():
+        # The run was moved or is named from elsewhere: point the trainer at where it is now.
+        overrides.append(f"output_dir={run_dir}")
+    cfg = load_config(recipe, overrides)
     trainer = Trainer(cfg)
     if not trainer.resume():
         raise TCLError(f"{run_dir / 'checkpoints'} holds no complete checkpoint; nothing to export")
     # Recomputed, so the card describes exactly the checkpoint being exported.
     em = trainer.detect_noise()
     metrics = {**_summary(run_dir), **trainer.evaluate(), **em, "epochs_completed": trainer.state.epoch}
-    return publish_run(trainer, metrics, repo_id=repo_id, private=private, revision=revision)
+    return publish_run(trainer, metrics, repo_id=repo_id)
 
 
 def _summary(run_dir: Path) -> dict:
@@ -96,13 +102,14 @@ def _summary(run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        published = export_finished_run(args.run_dir, repo_id=args.push, private=args.private,
-                                        revision=args.revision)
+        published = export_finished_run(args.run_dir, repo_id=args.push)
+        print(f"exported {published.hub_dir}, {published.label_issues} and {len(published.plots)} plot(s)")
+        if args.push:
+            url = push_folder(published.hub_dir, args.push, private=args.private, revision=args.revision)
+            print(f"pushed {published.hub_dir} to {url}")
     except TCLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {published.hub_dir}, {published.label_issues}, {len(published.plots)} plot(s)"
-          + (f"; pushed {published.url}" if published.url else ""))
     return 0
 
 

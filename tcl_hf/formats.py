@@ -19,16 +19,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .data import DataBundle, to_rgb_array
+from .data import BAD_IMAGE_ERRORS, to_rgb_array
 from .errors import DataError
 
 WEBVISION_CLASSES = 1000
 # Per-channel statistics for normalisation; a million files are too many to measure at start-up.
 CLOTHING1M_MEAN, CLOTHING1M_STD = (0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-# What PIL raises for files it cannot read; anything else is a bug and should surface.
-BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -200,7 +196,8 @@ def read_webvision(root: str | Path, num_classes: int, imagenet_val: str | Path 
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root: {str(root)!r} is not a folder (expected WebVision's info/, google/, val_images_256/)")
+        raise DataError(f"data.root: {str(root)!r} is not a folder "
+                        f"(expected WebVision's info/, google/, val_images_256/)")
     if not 2 <= num_classes <= WEBVISION_CLASSES:
         raise DataError(f"data.num_classes: {num_classes} not allowed for WebVision; use 2..{WEBVISION_CLASSES} "
                         f"(50 = mini-WebVision)")
@@ -233,7 +230,8 @@ def read_clothing1m(root: str | Path) -> dict[str, ImageList]:
     with clean labels. Image paths are root/<key>."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root: {str(root)!r} is not a folder (expected Clothing1M's *_kv.txt, *_key_list.txt, images/)")
+        raise DataError(f"data.root: {str(root)!r} is not a folder "
+                        f"(expected Clothing1M's *_kv.txt, *_key_list.txt, images/)")
     names = read_class_names(root / "category_names_eng.txt")
     noisy_file, clean_file = root / "noisy_label_kv.txt", root / "clean_label_kv.txt"
     noisy = read_label_map(noisy_file, len(names))
@@ -263,8 +261,8 @@ def decode_file(path: str, size: int, resize: int) -> np.ndarray:
 class FileImages(Dataset):
     """Images decoded from files when asked for; items are (uint8 [3, size, size], index, ok).
 
-    ``on_bad_image='skip'``: a file that cannot be read gives a zero image and ok=False (drop it with
-    ``collate_drop_bad``); ``'error'``: it raises DataError naming the file.
+    ``on_bad_image='skip'``: a file that cannot be read gives a zero image and ok=False (the trainer
+    leaves it out and counts it); ``'error'``: it raises DataError naming the file.
     """
 
     def __init__(self, paths, size: int, on_bad_image: str = "skip", resize: int | None = None):
@@ -295,38 +293,6 @@ class FileImages(Dataset):
                                 f"set data.on_bad_image=skip to leave such files out") from None
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), index, False
         return torch.from_numpy(array), index, True
-
-
-def collate_drop_bad(batch):
-    """Collate (image, index, ok) items, leaving out the bad ones: (images, indices, n_bad)."""
-    good = [(image, index) for image, index, ok in batch if ok]
-    n_bad = len(batch) - len(good)
-    if not good:
-        image = batch[0][0]
-        return image.new_empty((0, *image.shape)), torch.empty(0, dtype=torch.long), n_bad
-    images = torch.stack([image for image, _ in good])
-    return images, torch.tensor([index for _, index in good], dtype=torch.long), n_bad
-
-
-def total_bad_images(n_bad: int, accelerator=None) -> int:
-    """Bad images counted by this process, summed over all processes (the workers' counts arrive
-    through the batches, since a Dataset's attributes do not travel back from worker processes)."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return int(n_bad)
-    count = torch.tensor([int(n_bad)], device=accelerator.device)
-    return int(accelerator.reduce(count, reduction="sum").item())
-
-
-def file_bundle(train: ImageList, test: ImageList, image_size: int, mean, std,
-                on_bad_image: str = "skip", resize: int | None = None) -> DataBundle:
-    """A DataBundle whose datasets read files lazily (no clean train labels: real-world noise)."""
-    return DataBundle(
-        train=FileImages(train.paths, image_size, on_bad_image, resize),
-        test=FileImages(test.paths, image_size, on_bad_image, resize),
-        train_labels=train.labels, test_labels=test.labels, clean_train_labels=None,
-        num_classes=train.num_classes, class_names=list(train.class_names),
-        mean=tuple(mean), std=tuple(std), image_size=image_size, full_train_size=len(train),
-    )
 
 
 # ---- class-balanced subsets (Clothing1M) ----------------------------------------------------------

@@ -229,11 +229,11 @@ def _card_body(run_config: dict, metrics: dict, load_ref: str, dataset_name: str
         detection = ("No clean training labels were available, so detection quality was not measured; the "
                      f"estimated fraction of clean labels is {_fmt(_value(metrics, 'clean_ratio_est'))}.\n")
     return f"""
-# {backbone} trained on noisy labels ({dataset_name})
+# {backbone} on {dataset_name}, trained on noisy labels
 
 An image classifier trained with {recipe} on {dataset_name}, using {noise}.
 It is the timm backbone `{backbone}` followed by TCL's classifier head, exported as the timm architecture
-`{ARCHITECTURE}`, which the [tcl_hf](https://pypi.org/project/tcl_hf/) package registers with timm on import.
+`{ARCHITECTURE}`, which the `tcl_hf` package registers with timm when it is imported.
 
 ## Results
 

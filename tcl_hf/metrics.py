@@ -8,9 +8,11 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 @torch.no_grad()
 def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
-                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+                k: int = 200, temperature: float = 0.1) -> torch.Tensor:
     """Weighted kNN (InstDisc style): cosine similarity, top-k neighbours, votes weighted by exp(sim/T)."""
     k = min(k, bank.shape[0])
+    # About 1 GiB of similarities per chunk, whatever the bank size (1M samples -> 256 queries).
+    chunk = max(1, 2**28 // max(bank.shape[0], 1))
     preds = []
     for start in range(0, query.shape[0], chunk):
         sim = query[start:start + chunk].float() @ bank.float().T

@@ -81,7 +81,8 @@ def load_label_file(path: str | Path, full_size: int, num_classes: int, limit: i
 
 
 def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rate: float, seed: int,
-                      file: str | None = None, full_size: int | None = None, limit: int | None = None) -> np.ndarray:
+                      file: str | None = None, full_size: int | None = None, limit: int | None = None,
+                      label_set: str | None = None) -> np.ndarray:
     """The training labels the loss will see, given the dataset's labels and the noise setting."""
     if noise_type == "none":
         return np.array(labels, dtype=np.int64, copy=True)
@@ -91,4 +92,8 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
         return asymmetric_noise(labels, rate, num_classes, seed)
     if noise_type == "file":
         return load_label_file(file, full_size if full_size is not None else len(labels), num_classes, limit)
+    if noise_type == "cifarn":
+        from .cifarn import load_cifarn_labels
+
+        return load_cifarn_labels(file, label_set, labels, limit)
     raise DataError(f"noise.type: unknown {noise_type!r}")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 # Figure without pyplot draws with the Agg canvas and leaves the user's global matplotlib backend alone.
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .errors import TCLError
 
@@ -127,6 +128,7 @@ def _plot_curves(path: Path, records: list[dict]) -> Path:
             det_ax.plot(epochs, values, marker="o", label=label)
     for ax, title in ((acc_ax, "Accuracy"), (det_ax, "Noise detection")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_ylim(0.0, 1.02)
         ax.legend(fontsize="small")

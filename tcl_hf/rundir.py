@@ -16,10 +16,9 @@ from .errors import ConfigError
 
 CHECKPOINT_PREFIX = "step_"
 # What a run writes; `overwrite=true` removes exactly these, nothing else the folder holds.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "label_issues.csv", "checkpoints", "hub", "plots",
-               "tcl_state")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "label_issues.csv", "checkpoints", "hub", "plots")
 # Keys a resumed run may change without becoming a different run.
-RESUMABLE_CHANGES = ("train.resume", "train.epochs", "train.max_steps", "data.num_workers", "overwrite",
+RESUMABLE_CHANGES = ("output_dir", "train.resume", "train.epochs", "train.max_steps", "data.num_workers", "overwrite",
                      "train.eval_batch_size", "train.checkpoints_to_keep")
 RESUMABLE_PREFIXES = ("log.", "hub.")
 

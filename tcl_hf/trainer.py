@@ -101,22 +101,31 @@ class Trainer:
         self.num_classes = self.data.num_classes
         self.given_labels, self.clean_labels = self._labels(self.data)
         self.model, self.optimizer = self._build_model()
-        self.train_loader, self.train_eval_loader, self.test_loader = self._build_loaders()
-        self.model, self.optimizer, self.train_loader, self.train_eval_loader, self.test_loader = (
-            self.accelerator.prepare(self.model, self.optimizer, self.train_loader,
-                                     self.train_eval_loader, self.test_loader))
+        train_loader, train_eval_loader, eval_loaders = self._build_loaders()
+        names = list(eval_loaders)
+        prepared = self.accelerator.prepare(self.model, self.optimizer, train_loader, train_eval_loader,
+                                            *eval_loaders.values())
+        self.model, self.optimizer, self.train_loader, self.train_eval_loader = prepared[:4]
+        self.eval_loaders = dict(zip(names, prepared[4:]))
+        self.test_loader = self.eval_loaders["test"]
         device = self.accelerator.device
         self.views = Views(self.data.image_size, self.data.mean, self.data.std, cfg.aug.crop_padding,
-                           cfg.aug.strong_scale_min, cfg.aug.hflip).to(device)
+                           cfg.aug.strong_scale_min, cfg.aug.hflip,
+                           storage_size=self.data.storage_size).to(device)
         self.given_labels = self.given_labels.to(device)
-        self.test_labels = torch.as_tensor(self.data.test_labels, device=device)
+        self.eval_labels = {name: torch.as_tensor(labels, device=device)
+                            for name, (_, labels) in self.data.eval_sets.items()}
+        self.test_labels = self.eval_labels["test"]
+        self.bad_counts: dict[str, int] = {}
         n = len(self.data.train)
         self.state = RunState(n, self.num_classes, cfg.model.proj_dim)
         self.accelerator.register_for_checkpointing(self.state)
         self.total_batch = cfg.train.batch_size * self.accelerator.num_processes * cfg.train.grad_accum_steps
         self.peak_lr = scaled_lr(cfg.optim.lr, self.total_batch, cfg.optim.scale_lr)
         self.steps_per_epoch = max(len(self.train_loader) // cfg.train.grad_accum_steps, 1)
-        self._train_bank: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._train_bank: tuple[torch.Tensor, torch.Tensor] | None = None  # kNN bank: z and labels
+        self.train_probs: torch.Tensor | None = None  # class probabilities of every training sample
+        self.train_bad: torch.Tensor | None = None    # training images that could not be read
         self._last_em: dict = {}
 
     # ---- construction -------------------------------------------------------------------------
@@ -124,20 +133,21 @@ class Trainer:
         cfg = self.cfg
         size = cfg.data.image_size or default_image_size(cfg.model.backbone)
         mean, std = cfg.data.mean, cfg.data.std
-        if mean is None and cfg.model.pretrained:
+        if mean is None and (cfg.model.pretrained or cfg.model.pretrained_file):
             # Pretrained weights expect the statistics they were trained with.
             pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.backbone.split(".")[0])
             mean, std = getattr(pretrained_cfg, "mean", None), getattr(pretrained_cfg, "std", None)
         # Decoding happens once per machine; the main process goes first so datasets' cache is warm.
         with self.accelerator.main_process_first():
-            return load_data(cfg.data, size, mean, std)
+            return load_data(cfg.data, size, mean, std, seed=cfg.seed)
 
     def _labels(self, data: DataBundle) -> tuple[torch.Tensor, np.ndarray | None]:
         cfg = self.cfg
         noise = cfg.noise
         seed = cfg.seed if noise.seed is None else noise.seed
         given = make_noisy_labels(noise.type, data.train_labels, data.num_classes, noise.rate, seed,
-                                  file=noise.file, full_size=data.full_train_size, limit=cfg.data.limit)
+                                  file=noise.file, full_size=data.full_train_size, limit=cfg.data.limit,
+                                  label_set=noise.label_set)
         # With synthetic noise the dataset's own labels are the clean ones; otherwise only a clean column tells.
         clean = data.clean_train_labels
         if clean is None and noise.type != "none":
@@ -146,8 +156,10 @@ class Trainer:
 
     def _build_model(self):
         cfg = self.cfg
+        weights = cfg.model.pretrained_file
         model = TCLModel(cfg.model.backbone, self.num_classes, cfg.model.proj_dim, cfg.model.dropout,
-                         pretrained=cfg.model.pretrained)
+                         pretrained=cfg.model.pretrained or weights is not None,
+                         pretrained_cfg_overlay=dict(file=weights) if weights else None)
         if cfg.train.sync_bn and self.accelerator.num_processes > 1:
             # Must happen before prepare(): DDP wraps whatever modules exist at that point.
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -169,19 +181,27 @@ class Trainer:
             # global RNG alone, so a mid-epoch resume replays the same augmentations.
             return torch.Generator().manual_seed(cfg.seed)
 
-        train = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                           num_workers=workers, pin_memory=torch.cuda.is_available(), generator=own_generator())
+        sampler = self.data.train_sampler
+        train = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=sampler is None,
+                           sampler=sampler, drop_last=True, num_workers=workers,
+                           pin_memory=torch.cuda.is_available(), generator=own_generator(),
+                           persistent_workers=workers > 0)
         train_eval = DataLoader(self.data.train, batch_size=eval_batch, shuffle=False, num_workers=workers,
                                 generator=own_generator())
-        test = DataLoader(self.data.test, batch_size=eval_batch, shuffle=False, num_workers=workers,
-                          generator=own_generator())
-        return train, train_eval, test
+        evals = {name: DataLoader(dataset, batch_size=eval_batch, shuffle=False, num_workers=workers,
+                                  generator=own_generator())
+                 for name, (dataset, _) in self.data.eval_sets.items()}
+        return train, train_eval, evals
 
     # ---- one optimizer step -------------------------------------------------------------------
     def _gather_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """All processes' rows with gradients flowing back to ours; batches may differ in size
+        (skipped images), so rows are padded to the largest batch and the padding cut away."""
         from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(z), dim=0)
+        sizes = self.accelerator.gather(torch.tensor([z.shape[0]], device=z.device)).tolist()
+        padded = F.pad(z, (0, 0, 0, max(sizes) - z.shape[0]))
+        return torch.cat([part[:size] for part, size in zip(all_gather(padded), sizes)], dim=0)
 
     def _tcl_terms(self, images: torch.Tensor, index: torch.Tensor, warmup: bool) -> dict[str, torch.Tensor]:
         cfg, views, st = self.cfg, self.views, self.state
@@ -227,13 +247,18 @@ class Trainer:
         self.model.train()
         self.train_loader.set_epoch(epoch)
         loader = self.train_loader
+        if self.data.train_sampler is not None:
+            self.data.train_sampler.set_epoch(epoch)
         if st.batches_done:
             # The sampler's order is fixed by (seed, epoch), so skipping reproduces the rest of the epoch.
             loader = acc.skip_first_batches(self.train_loader, st.batches_done)
         warmup = epoch < cfg.optim.warmup_epochs
         lr = self._set_lr()
         start = time.perf_counter()
-        for images, index in loader:
+        for images, index, ok in loader:
+            if not bool(ok.all()) and int(ok.sum()) >= 2:
+                # Unreadable images were handed out as zeros: leave them out of the step.
+                images, index = images[ok], index[ok]
             with acc.accumulate(self.model):
                 lr = self._set_lr()
                 terms = (self._tcl_terms(images, index, warmup) if cfg.method == "tcl"
@@ -276,54 +301,82 @@ class Trainer:
 
     # ---- EM step and evaluation ---------------------------------------------------------------
     @torch.no_grad()
-    def extract(self, loader: DataLoader, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized projections [N, d] and class probabilities [N, C], every sample exactly once."""
+    def extract(self, loader: DataLoader, num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalized projections [N, d], class probabilities [N, C] and a mask of unreadable
+        images [N], every sample exactly once across all processes."""
         acc = self.accelerator
         model = acc.unwrap_model(self.model)
         model.eval()
         z_all = torch.zeros(num_samples, self.cfg.model.proj_dim, device=acc.device)
         p_all = torch.zeros(num_samples, self.num_classes, device=acc.device)
+        bad = torch.zeros(num_samples, dtype=torch.bool, device=acc.device)
         seen = torch.zeros(num_samples, dtype=torch.long, device=acc.device)
-        for images, index in loader:
+        for images, index, ok in loader:
             z, logits = model(self.views.test(images))
             # gather_for_metrics drops the samples the distributed sampler repeated to even out shards.
-            z, p, index = acc.gather_for_metrics((z.float(), F.softmax(logits.float(), dim=1), index))
+            z, p, index, ok = acc.gather_for_metrics((z.float(), F.softmax(logits.float(), dim=1), index, ok))
             z_all[index] = z
             p_all[index] = p
+            bad[index] = ~ok
             seen.index_add_(0, index, torch.ones_like(index))
         if not bool((seen == 1).all()):
             raise RuntimeError(f"feature extraction saw {int((seen == 0).sum())} samples 0 times and "
                                f"{int((seen > 1).sum())} more than once")
-        return z_all, p_all
+        return z_all, p_all, bad
 
     def detect_noise(self) -> dict[str, float | None]:
-        """The EM step over the whole training set; updates confidences, prototypes and scales."""
+        """The EM step over the whole training set; updates confidences, prototypes and scales.
+
+        Unreadable images take no part and get confidence 0.
+        """
         cfg, st = self.cfg, self.state
-        z, p = self.extract(self.train_eval_loader, len(self.data.train))
+        z, p, bad = self.extract(self.train_eval_loader, len(self.data.train))
+        self.bad_counts["train"] = int(bad.sum())
+        good = ~bad
+        labels = self.given_labels
+        confidences = torch.zeros(len(labels), device=z.device)
         if cfg.method == "tcl":
-            em = detector.em_step(z, p, self.given_labels, cfg.tcl.temperature, cfg.tcl.per_class_gmm)
-            st.prototypes, st.assignments, st.confidences = em.prototypes.cpu(), em.assignments.cpu(), em.confidences.cpu()
+            em = detector.em_step(z[good], p[good], labels[good], cfg.tcl.temperature, cfg.tcl.per_class_gmm)
+            assignments = torch.zeros_like(p)
+            assignments[good] = em.assignments
+            confidences[good] = em.confidences
+            st.prototypes, st.assignments = em.prototypes.cpu(), assignments.cpu()
         else:
-            st.confidences = detector.prediction_confidences(p, self.given_labels, cfg.tcl.per_class_gmm).cpu()
-        clean_ratio = float((st.confidences > 0.5).float().mean())
+            confidences[good] = detector.prediction_confidences(p[good], labels[good], cfg.tcl.per_class_gmm)
+        st.confidences = confidences.cpu()
+        clean_ratio = float((confidences[good] > 0.5).float().mean())
         # Reference quirk kept: unset scales follow the estimated *clean* fraction.
         st.scale1 = cfg.tcl.scale1 if cfg.tcl.scale1 is not None else clean_ratio
         st.scale2 = cfg.tcl.scale2 if cfg.tcl.scale2 is not None else clean_ratio
-        self._train_bank = (z, p)
-        self._last_em = detection_metrics(st.confidences.numpy(), self.given_labels.cpu().numpy(),
-                                          self.clean_labels, p.argmax(dim=1).cpu().numpy())
+        self._train_bank = (z[good], labels[good])
+        self.train_probs, self.train_bad = p, bad
+        keep = good.cpu().numpy()
+        clean = self.clean_labels[keep] if self.clean_labels is not None else None
+        self._last_em = detection_metrics(st.confidences.numpy()[keep], labels.cpu().numpy()[keep], clean,
+                                          p.argmax(dim=1).cpu().numpy()[keep])
         return self._last_em
 
     def evaluate(self) -> dict[str, float]:
-        """Test accuracy of the classifier, and kNN accuracy of z voting with the given train labels."""
+        """Top-1/top-5 accuracy of the classifier on every held-out set, and kNN accuracy on the
+        test set of z voting with the given train labels. Unreadable images are left out."""
         if self._train_bank is None:
             self.detect_noise()
-        z_train, _ = self._train_bank
-        z_test, p_test = self.extract(self.test_loader, len(self.data.test))
-        knn = knn_predict(z_test, z_train, self.given_labels, self.num_classes,
-                          self.cfg.eval.knn_k, self.cfg.eval.knn_t)
-        return {"test_acc": float((p_test.argmax(dim=1) == self.test_labels).float().mean()),
-                "knn_acc": float((knn == self.test_labels).float().mean())}
+        z_train, y_train = self._train_bank
+        out = {}
+        for name, loader in self.eval_loaders.items():
+            labels = self.eval_labels[name]
+            z, p, bad = self.extract(loader, len(labels))
+            self.bad_counts[name] = int(bad.sum())
+            good = ~bad
+            top = p[good].topk(min(5, self.num_classes), dim=1).indices
+            hits = top == labels[good].unsqueeze(1)
+            out[f"{name}_acc"] = float(hits[:, 0].float().mean())
+            if self.num_classes > 5:
+                out[f"{name}_top5"] = float(hits.any(dim=1).float().mean())
+            if name == "test":
+                knn = knn_predict(z[good], z_train, y_train, self.num_classes, self.cfg.eval.knn_k, self.cfg.eval.knn_t)
+                out["knn_acc"] = float((knn == labels[good]).float().mean())
+        return out
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -364,8 +417,10 @@ class Trainer:
 
     # ---- the whole run --------------------------------------------------------------------------
     def _record(self, epoch: int, losses: dict) -> dict:
-        return {"epoch": epoch, "step": self.state.step, **losses, **self.evaluate(), **self._last_em,
-                "scale1": self.state.scale1, "scale2": self.state.scale2}
+        record = {"epoch": epoch, "step": self.state.step, **losses, **self.evaluate(), **self._last_em,
+                  "scale1": self.state.scale1, "scale2": self.state.scale2}
+        bad = sum(self.bad_counts.values())
+        return {**record, "bad_images": bad} if bad else record
 
     def _metrics_path(self) -> Path:
         return self.output_dir / "metrics.jsonl"
@@ -441,13 +496,38 @@ class Trainer:
         st.wall_seconds = wall_before + time.perf_counter() - started
         summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
                    "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
-                   "train_samples": len(self.data.train), "test_samples": len(self.data.test),
-                   "num_processes": acc.num_processes}
+                   **self._sample_counts(), "num_processes": acc.num_processes}
         if acc.is_main_process:
             atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         acc.print(f"done: {_fmt(summary)}")
-        acc.end_training()
+        self._publish(summary)
         return summary
+
+    def _publish(self, summary: dict) -> None:
+        """Hub folder, label-issue report and plots on the main process; the push comes last so a
+        failed push leaves every local output written."""
+        from .export import publish_run
+        from .hub import push_folder
+
+        acc, cfg = self.accelerator, self.cfg
+        published = publish_run(self, summary, repo_id=cfg.hub.repo_id) if acc.is_main_process else None
+        if published is not None and cfg.log.with_ == "wandb":
+            import wandb
+
+            acc.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in published.plots}, step=self.state.epoch)
+        acc.end_training()
+        if published is not None:
+            acc.print(f"exported {published.hub_dir}; label report {published.label_issues}")
+            if cfg.hub.repo_id:
+                url = push_folder(published.hub_dir, cfg.hub.repo_id, private=cfg.hub.private,
+                                  revision=cfg.hub.revision)
+                acc.print(f"pushed to {url}")
+
+    def _sample_counts(self) -> dict[str, int]:
+        """Usable images per split (listed and labelled, minus unreadable ones) and the bad total."""
+        sizes = {"train": len(self.data.train), **{name: len(ds) for name, (ds, _) in self.data.eval_sets.items()}}
+        counts = {f"{name}_samples": size - self.bad_counts.get(name, 0) for name, size in sizes.items()}
+        return {**counts, "bad_images": sum(self.bad_counts.values())}
 
     def _check_finite(self, losses: dict, epoch: int) -> None:
         """Stop before a non-finite loss reaches a checkpoint, naming the first bad term."""
@@ -479,5 +559,6 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def _fmt(record: dict) -> str:
-    keys = ("test_acc", "knn_acc", "noise_auc", "clean_ratio_est", "label_acc", "loss")
-    return "  ".join(f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float))
+    keys = ("test_acc", "val_acc", "imagenet_acc", "knn_acc", "noise_auc", "clean_ratio_est", "label_acc", "loss")
+    text = "  ".join(f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float))
+    return text + (f"  bad_images {record['bad_images']}" if record.get("bad_images") else "")

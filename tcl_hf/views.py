@@ -11,18 +11,25 @@ import torch.nn as nn
 
 
 class Views(nn.Module):
-    """Weak view (pad-and-crop + flip), strong view (spec section 3) and the plain test view.
+    """Weak view (crop + flip), strong view (spec section 3) and the test view (centre crop).
 
     Solarize keeps a fixed threshold of 0.5 (128/255), as the reference's PIL pipeline does;
     kornia would otherwise randomize it.
     """
 
     def __init__(self, size: int, mean, std, padding: int | None = None, strong_scale_min: float = 0.2,
-                 hflip: bool = True):
+                 hflip: bool = True, storage_size: int | None = None):
         super().__init__()
-        padding = max(1, size // 8) if padding is None else padding
+        self.size = size
+        self.storage_size = storage_size or size
         flip = [K.RandomHorizontalFlip()] if hflip else []
-        self.weak_aug = nn.Sequential(*flip, K.RandomCrop((size, size), padding=padding))
+        if self.storage_size == size:
+            # Small images (CIFAR): pad-and-crop, as the reference (4 px at 32 px).
+            padding = max(1, size // 8) if padding is None else padding
+            self.weak_aug = nn.Sequential(*flip, K.RandomCrop((size, size), padding=padding))
+        else:
+            # Large images arrive resized a bit larger than the input (ImageNet style): crop inside them.
+            self.weak_aug = nn.Sequential(*flip, K.RandomCrop((size, size)))
         self.strong_aug = nn.Sequential(
             K.RandomResizedCrop((size, size), scale=(strong_scale_min, 1.0)),
             *([K.RandomHorizontalFlip()] if hflip else []),
@@ -50,4 +57,7 @@ class Views(nn.Module):
 
     @torch.no_grad()
     def test(self, images: torch.Tensor) -> torch.Tensor:
+        """Centre crop to the input size (a no-op for small images), then normalize."""
+        top = (images.shape[-1] - self.size) // 2
+        images = images[..., top:top + self.size, top:top + self.size]
         return self._normalize(self.to_unit(images))

@@ -1,0 +1,367 @@
+"""File-list datasets (WebVision, Clothing1M), lazy image decoding and the class-balanced sampler."""
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from fixtures import CLOTHING_NAMES, make_clothing1m, make_webvision, write_lines
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from tcl_hf.errors import DataError
+from tcl_hf.formats import (BalancedSubsetSampler, FileImages, ImageList, balanced_subset, class_quotas,
+                            read_clothing1m, read_webvision)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _expected(layout, split, num_classes=None):
+    rows = layout.splits[split]
+    if num_classes is not None:
+        rows = [(p, k) for p, k in rows if k < num_classes]
+    return [p for p, _ in rows], [k for _, k in rows]
+
+
+# ---- WebVision ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_classes", [2, 4, 6])
+def test_webvision_splits_follow_the_lists(tmp_path, num_classes):
+    layout = make_webvision(tmp_path / "wv", total_classes=6)
+    lists = read_webvision(layout.root, num_classes, imagenet_val=layout.files["imagenet"])
+    assert set(lists) == {"train", "test", "imagenet"}
+    for key, split in (("train", "train"), ("test", "test"), ("imagenet", "imagenet")):
+        paths, labels = _expected(layout, split, num_classes)
+        assert lists[key].paths == paths, key  # CRLF and trailing blank lines leave no trace
+        assert lists[key].labels.tolist() == labels and lists[key].labels.dtype == np.int64
+        assert lists[key].class_names == [f"class {k}, a thing" for k in range(num_classes)]
+
+
+def test_webvision_with_flickr_source(tmp_path):
+    layout = make_webvision(tmp_path / "wv", imagenet=None)
+    write_lines(layout.root / "info" / "train_filelist_flickr.txt", ["flickr/q0003/x.jpg 3", "flickr/q0009/y.jpg 9"])
+    train = read_webvision(layout.root, 4, sources=("google", "flickr"))["train"]
+    paths, labels = _expected(layout, "train", 4)
+    assert train.paths == paths + [str(layout.root / "flickr/q0003/x.jpg")] and train.labels.tolist() == labels + [3]
+
+
+def test_image_list_subset_and_lengths():
+    items = ImageList(["a", "b", "c", "d"], np.array([3, 1, 2, 0]), ["w", "x", "y", "z"])
+    part = items.subset([3, 0])
+    assert part.paths == ["d", "a"] and part.labels.tolist() == [0, 3] and part.num_classes == 4 and len(part) == 2
+    with pytest.raises(ValueError, match="3 paths but 2 labels"):
+        ImageList(["a", "b", "c"], np.array([0, 1]), ["x", "y"])
+
+
+def test_webvision_imagenet_folders_by_wordnet_id(tmp_path):
+    layout = make_webvision(tmp_path / "wv", imagenet="wnid")
+    lists = read_webvision(layout.root, 3, imagenet_val=layout.files["imagenet"])
+    paths, labels = _expected(layout, "imagenet", 3)
+    assert lists["imagenet"].paths == paths and lists["imagenet"].labels.tolist() == labels
+
+
+def test_webvision_without_synsets_names_classes_by_index(tmp_path):
+    layout = make_webvision(tmp_path / "wv", synsets=False, imagenet=None)
+    lists = read_webvision(layout.root, 4)
+    assert set(lists) == {"train", "test"}
+    assert lists["train"].class_names == ["0", "1", "2", "3"]
+
+
+def test_imagenet_folder_with_foreign_name_is_refused(tmp_path):
+    layout = make_webvision(tmp_path / "wv")
+    (layout.files["imagenet"] / "cats").mkdir()
+    with pytest.raises(DataError, match="'cats'.*neither a class index"):
+        read_webvision(layout.root, 4, imagenet_val=layout.files["imagenet"])
+
+
+def test_imagenet_missing_class_folder_is_named(tmp_path):
+    layout = make_webvision(tmp_path / "wv")
+    folder = layout.files["imagenet"]
+    for f in (folder / "2").iterdir():
+        f.unlink()
+    (folder / "2").rmdir()
+    with pytest.raises(DataError, match=r"no sub-folder for class\(es\) 2;"):
+        read_webvision(layout.root, 4, imagenet_val=folder)
+    assert len(read_webvision(layout.root, 2, imagenet_val=folder)["imagenet"]) == 4  # class 2 not needed
+
+
+@pytest.mark.parametrize("bad", ["google/q/b.jpg", "google/q/b.jpg two", "google/q/b.jpg 1.5", "7"])
+@pytest.mark.parametrize("crlf", [False, True])
+def test_unparsable_line_names_file_and_line(tmp_path, bad, crlf):
+    layout = make_webvision(tmp_path / "wv", imagenet=None)
+    write_lines(layout.files["train"], ["google/q/a.jpg 0", "", "google/q/c.jpg 1", bad, "google/q/d.jpg 2"], crlf=crlf)
+    with pytest.raises(DataError) as info:
+        read_webvision(layout.root, 4)
+    message = str(info.value)
+    assert "train_filelist_google.txt line 4:" in message and repr(bad) in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("label", [1000, -1])
+def test_webvision_label_out_of_range(tmp_path, label):
+    layout = make_webvision(tmp_path / "wv", imagenet=None)
+    write_lines(layout.files["val"], ["a.jpg 0", "b.jpg 3", f"c.jpg {label}", "d.jpg 1"])
+    with pytest.raises(DataError, match=rf"val_filelist.txt line 3: label {label} out of range; allowed 0..999"):
+        read_webvision(layout.root, 50)
+
+
+@pytest.mark.parametrize("num_classes", [1, 1001])
+def test_webvision_num_classes_checked(tmp_path, num_classes):
+    layout = make_webvision(tmp_path / "wv", imagenet=None)
+    with pytest.raises(DataError, match="data.num_classes"):
+        read_webvision(layout.root, num_classes)
+
+
+def test_missing_list_file_is_named(tmp_path):
+    layout = make_webvision(tmp_path / "wv", imagenet=None)
+    layout.files["val"].unlink()
+    with pytest.raises(DataError, match=r"val_filelist.txt: file not found"):
+        read_webvision(layout.root, 4)
+    with pytest.raises(DataError, match="data.root"):
+        read_webvision(tmp_path / "nowhere", 4)
+
+
+# ---- Clothing1M ---------------------------------------------------------------------------------
+def test_clothing1m_splits_take_the_right_labels(tmp_path):
+    layout = make_clothing1m(tmp_path / "c1m")
+    lists = read_clothing1m(layout.root)
+    assert set(lists) == {"train", "val", "test"}
+    for split in ("train", "val", "test"):
+        paths, labels = _expected(layout, split)
+        assert lists[split].paths == paths
+        assert lists[split].labels.tolist() == labels
+        assert lists[split].class_names == list(CLOTHING_NAMES)
+    # The fixture's clean file relabels the first train keys; train must keep the noisy labels.
+    clean = dict(line.split() for line in layout.files["clean_kv"].read_text().splitlines())
+    relabelled = [i for i, (p, k) in enumerate(layout.splits["train"])
+                  if os.path.relpath(p, layout.root) in clean and int(clean[os.path.relpath(p, layout.root)]) != k]
+    assert relabelled and all(lists["train"].labels[i] == layout.splits["train"][i][1] for i in relabelled)
+
+
+def test_clothing1m_key_without_label_is_named(tmp_path):
+    layout = make_clothing1m(tmp_path / "c1m")
+    keys = layout.files["val"].read_text().splitlines()
+    write_lines(layout.files["val"], keys[:3] + ["images/9/99/77777.jpg"] + keys[3:])
+    with pytest.raises(DataError, match=r"clean_val_key_list.txt line 4: key 'images/9/99/77777.jpg' has no label "
+                                        r"in clean_label_kv.txt"):
+        read_clothing1m(layout.root)
+
+
+def test_clothing1m_label_out_of_range(tmp_path):
+    layout = make_clothing1m(tmp_path / "c1m")
+    lines = layout.files["noisy_kv"].read_text().splitlines()
+    lines[5] = lines[5].split()[0] + " 14"
+    write_lines(layout.files["noisy_kv"], lines)
+    with pytest.raises(DataError, match=r"noisy_label_kv.txt line 6: label 14 out of range; allowed 0..13"):
+        read_clothing1m(layout.root)
+
+
+def test_clothing1m_conflicting_duplicate_key(tmp_path):
+    layout = make_clothing1m(tmp_path / "c1m")
+    lines = layout.files["clean_kv"].read_text().splitlines()
+    key, label = lines[2].split()
+    write_lines(layout.files["clean_kv"], lines + [f"{key} {(int(label) + 1) % 14}", lines[3]])
+    with pytest.raises(DataError, match=rf"clean_label_kv.txt: key '{key}' is listed with labels {label} and"):
+        read_clothing1m(layout.root)
+
+
+def test_clothing1m_key_list_with_labels_is_refused(tmp_path):
+    layout = make_clothing1m(tmp_path / "c1m")
+    keys = layout.files["test"].read_text().splitlines()
+    write_lines(layout.files["test"], keys[:1] + [keys[1] + " 3"] + keys[2:])
+    with pytest.raises(DataError, match=r"clean_test_key_list.txt line 2: expected one key"):
+        read_clothing1m(layout.root)
+
+
+# ---- FileImages ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def webvision(tmp_path_factory):
+    return make_webvision(tmp_path_factory.mktemp("data") / "wv")
+
+
+def test_every_mode_decodes_to_its_colour(webvision):
+    paths = sorted(webvision.colours)
+    images = FileImages(paths, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. PIL's palette-transparency warning, once per image in workers
+        items = [images[i] for i in range(len(paths))]
+    for i, (image, index, ok) in enumerate(items):
+        assert ok and index == i and image.dtype == torch.uint8 and image.shape == (3, 16, 16)
+        colour = torch.tensor(webvision.colours[paths[i]], dtype=torch.int16).view(3, 1, 1)
+        assert (image.to(torch.int16) - colour).abs().max() <= 4, paths[i]  # JPEG keeps flat colour within a few levels
+
+
+def test_bad_files_skip_or_raise(webvision):
+    corrupt, missing, truncated = (sorted(s)[0] for s in (webvision.corrupt, webvision.missing, webvision.truncated))
+    skipping = FileImages([corrupt, missing, truncated], 12)
+    for i in (0, 1):
+        image, index, ok = skipping[i]
+        assert not ok and index == i and image.shape == (3, 12, 12) and not image.any()
+    assert skipping[2][2]  # truncated JPEGs decode (LOAD_TRUNCATED_IMAGES), the rest comes out grey
+    raising = FileImages([corrupt, missing, truncated], 12, on_bad_image="error")
+    for i, path in ((0, corrupt), (1, missing)):
+        with pytest.raises(DataError, match=rf"^image {path}: cannot be read \(.+\); set data.on_bad_image=skip"):
+            raising[i]
+    assert raising[2][2]
+
+
+def _bands(tmp_path, width, height):
+    """Red | green | blue thirds along the longer side."""
+    array = np.zeros((height, width, 3), dtype=np.uint8)
+    long = max(width, height)
+    for c in range(3):
+        part = slice(c * long // 3, (c + 1) * long // 3)
+        if width >= height:
+            array[:, part, c] = 255
+        else:
+            array[part, :, c] = 255
+    path = tmp_path / f"bands_{width}x{height}.png"
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("shape", [(60, 20), (20, 60)])
+def test_shorter_side_resize_then_centre_crop(tmp_path, shape):
+    path = _bands(tmp_path, *shape)
+    green = torch.tensor([0, 255, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 10, 10)
+    # Shorter side already 20: the centre 20x20 square is exactly the green third.
+    assert torch.equal(FileImages([path], 20)[0][0], green.expand(3, 10, 10).repeat(1, 2, 2))
+    # Resize 20 (no-op), then the centre 10x10 of the green square.
+    assert torch.equal(FileImages([path], 10, resize=20)[0][0], green)
+    # Straight to 10: halved, so the crop is the (resampled) green third; its centre stays pure green.
+    image = FileImages([path], 10)[0][0]
+    assert torch.equal(image[:, 3:7, 3:7], green[:, :4, :4])
+
+
+def test_resize_smaller_than_size_is_refused():
+    with pytest.raises(ValueError, match="resize"):
+        FileImages([], 32, resize=16)
+
+
+def test_loader_workers_flag_bad_images(webvision):
+    paths = [p for p, _ in webvision.splits["train"]]
+    bad = {i for i, p in enumerate(paths) if p in webvision.corrupt | webvision.missing}
+    assert len(bad) == 2
+    loader = DataLoader(FileImages(paths, 8), batch_size=5, num_workers=2)
+    seen, flagged = [], set()
+    for images, indices, ok in loader:
+        assert images.shape == (len(indices), 3, 8, 8)
+        seen += indices.tolist()
+        flagged |= set(indices[~ok].tolist())
+    assert flagged == bad
+    assert sorted(seen) == list(range(len(paths)))
+
+
+def test_error_from_a_worker_still_names_the_file(webvision):
+    path = sorted(webvision.corrupt)[0]
+    loader = DataLoader(FileImages([path], 8, on_bad_image="error"), batch_size=1, num_workers=1)
+    with pytest.raises(DataError) as info:
+        next(iter(loader))
+    # torch re-raises worker errors with the worker's traceback; the original message is the last line.
+    assert str(info.value).strip().splitlines()[-1].endswith(f"image {path}: cannot be read (cannot identify image "
+                                                             f"file '{path}'); set data.on_bad_image=skip to leave "
+                                                             f"such files out")
+    # torch joins a worker that raised only after a 5 s timeout; pay it here, not in a later test.
+    del info, loader
+    gc.collect()
+
+
+def test_load_data_reads_clothing1m_lazily(tmp_path):
+    from types import SimpleNamespace
+
+    from tcl_hf.data import load_data
+
+    layout = make_clothing1m(tmp_path / "c1m")
+    lists = read_clothing1m(layout.root)
+    cfg = SimpleNamespace(format="clothing1m", root=str(layout.root), limit=None, on_bad_image="skip",
+                          samples_per_epoch=None, num_classes=None, imagenet_val=None)
+    bundle = load_data(cfg, 24)
+    assert len(bundle.train) == len(lists["train"]) and len(bundle.test) == len(lists["test"])
+    assert np.array_equal(bundle.train_labels, lists["train"].labels) and bundle.clean_train_labels is None
+    assert bundle.num_classes == 14 and bundle.class_names == list(CLOTHING_NAMES) and bundle.full_train_size == 42
+    assert list(bundle.eval_sets) == ["test", "val"]
+    image, index, ok = bundle.test[3]
+    assert ok and image.shape == (3, 24, 24) and bundle.test.path(3) == lists["test"].paths[3]
+
+
+# ---- class-balanced subsets ---------------------------------------------------------------------
+def _imbalanced(counts, seed=0):
+    labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
+    return np.random.default_rng(seed).permutation(labels)
+
+
+def test_quotas_by_hand():
+    # Worked by hand: 400 over [1000, 50, 300, 5]. Smallest first: 5 (share 100), 50 (share 131),
+    # then 345 left for two classes: 172 and 173.
+    assert class_quotas(np.array([1000, 50, 300, 5]), 400).tolist() == [173, 50, 172, 5]
+    assert class_quotas(np.array([10, 10, 10]), 8).tolist() == [2, 3, 3]
+    assert class_quotas(np.array([4, 0, 2]), 100).tolist() == [4, 0, 2]
+
+
+def test_balanced_subset_is_balanced_and_distinct():
+    labels = _imbalanced([1000, 50, 300, 5])
+    picked = balanced_subset(labels, 4, 400, seed=1, epoch=0)
+    assert len(picked) == 400 and len(set(picked.tolist())) == 400
+    assert Counter(labels[picked].tolist()) == {0: 173, 1: 50, 2: 172, 3: 5}
+    equal = _imbalanced([300] * 14)
+    counts = np.bincount(equal[balanced_subset(equal, 14, 1405, seed=0, epoch=2)], minlength=14)
+    assert counts.sum() == 1405 and counts.min() == 100 and counts.max() == 101
+
+
+def test_balanced_sampler_epochs():
+    labels = _imbalanced([200, 120, 80, 40])
+    sampler = BalancedSubsetSampler(labels, 4, 100, seed=5)
+    again = BalancedSubsetSampler(labels, 4, 100, seed=5)
+    first = list(sampler)
+    assert len(sampler) == 100 and first == list(again)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) != sorted(first)  # a new subset, not only a new order
+    again.set_epoch(1)
+    assert list(again) == second
+    assert list(BalancedSubsetSampler(labels, 4, 100, seed=6)) != first
+    everything = BalancedSubsetSampler(labels, 4, 10_000)
+    assert len(everything) == 440 and sorted(everything) == list(range(440))
+
+
+def test_sampler_set_epoch_through_accelerate():
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    labels = _imbalanced([90, 60, 30])
+    sampler = BalancedSubsetSampler(labels, 3, 60, seed=3)
+    loader = DataLoader(TensorDataset(torch.arange(len(labels))), batch_size=8, sampler=sampler, drop_last=True)
+    acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    loader = acc.prepare(loader)
+    for epoch in (4, 5):
+        loader.set_epoch(epoch)
+        got = torch.cat([batch for (batch,) in loader]).tolist()
+        assert got == balanced_subset(labels, 3, 60, seed=3, epoch=epoch)[:56].tolist()
+
+
+def _two_process_worker(labels, out_dir):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # The fork copies any single-process state an earlier test left in this interpreter.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(cpu=True)
+    assert acc.num_processes == 2
+    loader = acc.prepare(DataLoader(TensorDataset(torch.arange(len(labels))), batch_size=4,
+                                    sampler=BalancedSubsetSampler(labels, 3, 48, seed=9), drop_last=True))
+    loader.set_epoch(2)
+    indices = torch.cat([batch for (batch,) in loader])
+    np.save(os.path.join(out_dir, f"rank{acc.process_index}.npy"), indices.numpy())
+
+
+def test_two_processes_share_out_one_subset(tmp_path):
+    from accelerate import debug_launcher
+
+    labels = _imbalanced([70, 40, 20])
+    debug_launcher(_two_process_worker, args=(labels, str(tmp_path)), num_processes=2)
+    shards = [np.load(tmp_path / f"rank{r}.npy") for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 24 and not set(shards[0]) & set(shards[1])
+    assert sorted(np.concatenate(shards).tolist()) == sorted(balanced_subset(labels, 3, 48, 9, 2).tolist())

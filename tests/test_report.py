@@ -1,0 +1,140 @@
+"""Label-issue report and plots, checked against values computed here and by scikit-learn."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from tcl_hf import report
+from tcl_hf.errors import TCLError
+
+BASE_COLUMNS = ["index", "given_label", "predicted_label", "clean_prob", "is_noisy"]
+
+
+def noisy_run(n: int = 60, classes: int = 3, seed: int = 0):
+    """Given/clean labels with ~30% flips, predictions, and clean probabilities that favour clean labels."""
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, classes, n)
+    flip = rng.random(n) < 0.3
+    given = np.where(flip, (clean + rng.integers(1, classes, n)) % classes, clean)
+    predicted = np.where(rng.random(n) < 0.8, clean, given)
+    clean_prob = np.clip(np.where(flip, 0.3, 0.7) + rng.normal(0, 0.25, n), 0, 1)
+    return given, predicted, clean_prob, clean
+
+
+def test_columns_order_and_noisy_flag():
+    given, predicted, clean_prob, clean = noisy_run()
+    issues = report.label_issues(given, predicted, clean_prob, clean)
+    assert list(issues.columns) == BASE_COLUMNS + ["clean_label"]
+    assert len(issues) == len(given)
+    assert issues["clean_prob"].is_monotonic_increasing
+    assert issues["index"].iloc[0] == int(np.argmin(clean_prob))
+    assert (issues["is_noisy"] == (issues["clean_prob"] < 0.5)).all()
+    assert int(issues["is_noisy"].sum()) == int((clean_prob < 0.5).sum())
+    # Every row still describes its own sample after sorting.
+    idx = issues["index"].to_numpy()
+    assert sorted(idx) == list(range(len(given)))
+    assert np.array_equal(issues["given_label"], given[idx])
+    assert np.array_equal(issues["predicted_label"], predicted[idx])
+    assert np.array_equal(issues["clean_label"], clean[idx])
+    assert np.array_equal(issues["clean_prob"], clean_prob[idx])
+
+
+def test_ties_are_broken_by_index():
+    issues = report.label_issues([0, 1, 0, 1], [0, 1, 1, 1], [0.5, 0.2, 0.2, 0.5])
+    assert issues["index"].tolist() == [1, 2, 0, 3]
+    assert issues["is_noisy"].tolist() == [True, True, False, False]  # 0.5 is not below the threshold
+
+
+def test_auc_of_the_report_matches_sklearn_on_the_raw_arrays(tmp_path):
+    given, predicted, clean_prob, clean = noisy_run(n=200, seed=3)
+    want = roc_auc_score(clean == given, clean_prob)
+    report.write_label_issues(tmp_path, report.label_issues(given, predicted, clean_prob, clean))
+    loaded = report.load_label_issues(tmp_path)
+    got = roc_auc_score(loaded["clean_label"] == loaded["given_label"], loaded["clean_prob"])
+    assert got == pytest.approx(want, abs=1e-12)
+    assert loaded["is_noisy"].dtype == bool and list(loaded.columns) == BASE_COLUMNS + ["clean_label"]
+
+
+def test_names_are_added_when_the_dataset_has_them():
+    given, predicted, clean_prob, clean = noisy_run(n=20)
+    names = ["cat", "dog", "frog"]
+    issues = report.label_issues(given, predicted, clean_prob, clean, class_names=names)
+    assert list(issues.columns) == BASE_COLUMNS + ["clean_label", "given_name", "predicted_name", "clean_name"]
+    for column in ("given", "predicted", "clean"):
+        assert issues[f"{column}_name"].tolist() == [names[k] for k in issues[f"{column}_label"]]
+
+
+def test_numeric_names_and_unknown_clean_labels_add_no_columns():
+    given, predicted, clean_prob, _ = noisy_run(n=20)
+    issues = report.label_issues(given, predicted, clean_prob, None, class_names=["0", "1", "2"])
+    assert list(issues.columns) == BASE_COLUMNS
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError, match="one entry per training sample"):
+        report.label_issues([0, 1], [0], [0.1, 0.9])
+
+
+def test_load_label_issues_of_a_run_without_a_report(tmp_path):
+    with pytest.raises(TCLError, match="label_issues.csv does not exist") as info:
+        report.load_label_issues(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_clean_prob_groups_split_by_truth_or_by_class():
+    given, _, clean_prob, clean = noisy_run(n=50)
+    by_truth = report.clean_prob_groups(clean_prob, given, clean)
+    assert set(by_truth) == {"truly clean", "truly noisy"}
+    assert np.array_equal(by_truth["truly noisy"], clean_prob[given != clean])
+    assert np.array_equal(by_truth["truly clean"], clean_prob[given == clean])
+    by_class = report.clean_prob_groups(clean_prob, given, None, ["cat", "dog", "frog"])
+    assert list(by_class) == ["given cat", "given dog", "given frog"]
+    assert np.array_equal(by_class["given dog"], clean_prob[given == 1])
+    assert sum(len(v) for v in by_class.values()) == len(given)
+
+
+def write_metrics(output_dir, records):
+    (output_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def assert_png(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+def test_make_plots_writes_the_distribution_and_the_curves(tmp_path):
+    given, _, clean_prob, clean = noisy_run()
+    write_metrics(tmp_path, [
+        {"epoch": 1, "test_acc": 0.3, "knn_acc": 0.25, "noise_auc": None, "clean_ratio_est": 0.9},
+        {"epoch": 2, "test_acc": 0.5, "knn_acc": 0.45, "noise_auc": 0.8, "clean_ratio_est": 0.7},
+        {"epoch": 3, "test_acc": 0.6, "knn_acc": 0.55, "clean_ratio_est": 0.65},
+    ])
+    paths = report.make_plots(tmp_path, clean_prob, given, clean, ["a", "b", "c"])
+    assert paths == [tmp_path / "plots" / "clean_prob.png", tmp_path / "plots" / "curves.png"]
+    for path in paths:
+        assert_png(path)
+
+
+def test_make_plots_without_metrics_or_clean_labels(tmp_path):
+    given, _, clean_prob, _ = noisy_run()
+    paths = report.make_plots(tmp_path, clean_prob, given, None, ["a", "b", "c"])
+    assert paths == [tmp_path / "plots" / "clean_prob.png"]
+    assert_png(paths[0])
+
+
+def test_read_metrics_skips_blank_lines_and_names_a_bad_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 0.5}\n\n{"epoch": 2, "test_acc": 0.6}\n')
+    assert [r["epoch"] for r in report.read_metrics(tmp_path)] == [1, 2]
+    assert report._series(report.read_metrics(tmp_path), "test_acc") == ([1, 2], [0.5, 0.6])
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "test_acc"\n')
+    with pytest.raises(TCLError, match=r"metrics.jsonl line 2: not valid JSON"):
+        report.read_metrics(tmp_path)
+
+
+def test_series_leaves_out_epochs_without_a_value():
+    records = [{"epoch": 1, "noise_auc": None}, {"epoch": 2, "noise_auc": 0.7}, {"epoch": 3}]
+    assert report._series(records, "noise_auc") == ([2], [0.7])

@@ -1,0 +1,85 @@
+"""Exact resume: a run stopped or killed part-way and resumed ends with the same metrics as an
+uninterrupted one (CPU, same seed)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tcl_hf.config import load_config
+from tcl_hf.rundir import checkpoint_dirs
+from tcl_hf.trainer import StopRequested, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+COMPARED = ("test_acc", "knn_acc", "noise_auc", "label_acc", "clean_ratio_est", "loss", "loss_con", "noise_recall")
+TINY = ["data.format=digits", "data.limit=160", "data.image_size=16", "model.backbone=preact_resnet_mini",
+        "model.proj_dim=32", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=3",
+        "optim.warmup_epochs=1", "eval.knn_k=20", "log.progress=false"]
+
+
+def _run(out: Path, *extra: str) -> dict:
+    return Trainer(load_config(None, [*TINY, f"output_dir={out}", *extra])).train()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    return _run(out), out
+
+
+def _assert_same(a: dict, b: dict):
+    for key in COMPARED:
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+
+
+def test_stop_mid_epoch_then_resume_matches(uninterrupted, tmp_path, monkeypatch):
+    reference, _ = uninterrupted
+    # Ask for a stop after step 13: one step into epoch 2 (10 steps per epoch).
+    monkeypatch.setattr(Trainer, "_stop_requested", lambda self: self.state.step == 13)
+    with pytest.raises(StopRequested) as stop:
+        _run(tmp_path)
+    assert stop.value.checkpoint.name == "step_00000013"
+    monkeypatch.undo()
+    resumed = _run(tmp_path, "train.resume=true")
+    _assert_same(reference, resumed)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_sigkill_then_resume_matches(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, str(REPO / "train.py"), *TINY, f"output_dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Kill as soon as the first checkpoint is complete: the run dies somewhere in epoch 2.
+    while not checkpoint_dirs(tmp_path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint_dirs(tmp_path), "the run never wrote a checkpoint"
+    assert not (tmp_path / "summary.json").exists()
+    rerun = subprocess.run(cmd + ["train.resume=true"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    _assert_same(reference, json.loads((tmp_path / "summary.json").read_text()))
+
+
+def test_resume_keeps_only_last_checkpoints_and_ignores_partial(uninterrupted, tmp_path):
+    _, out = uninterrupted
+    names = [p.name for p in checkpoint_dirs(out)]
+    assert names == ["step_00000020", "step_00000030"]
+    # A half-written checkpoint (the hidden temporary folder) is never picked up.
+    (out / "checkpoints" / ".tmp-step_00000040").mkdir()
+    assert [p.name for p in checkpoint_dirs(out)] == names
+
+
+def test_resume_with_other_settings_is_refused(uninterrupted):
+    from tcl_hf.errors import ConfigError
+
+    _, out = uninterrupted
+    with pytest.raises(ConfigError, match="seed"):
+        _run(out, "train.resume=true", "seed=3")

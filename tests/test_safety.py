@@ -1,0 +1,215 @@
+"""Faults and bad input: each gets one clear line (or is handled), and no earlier output is lost."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcl_hf.config import flat_keys, load_config
+from tcl_hf.errors import ConfigError, DataError, TCLError
+from tcl_hf.rundir import checkpoint_dirs
+from tcl_hf.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
+        "model.proj_dim=32", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=1",
+        "optim.warmup_epochs=1", "eval.knn_k=10", "log.progress=false"]
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished")
+    summary = Trainer(load_config(None, [*TINY, f"output_dir={out}"])).train()
+    return out, summary
+
+
+def test_second_run_into_finished_folder_is_refused_and_nothing_lost(finished_run):
+    out, _ = finished_run
+    before = (out / "summary.json").read_bytes()
+    proc = _cli(*TINY, f"output_dir={out}", "seed=7")
+    line = _one_line_error(proc, str(out), "train.resume=true")
+    assert "overwrite=true" in line
+    assert (out / "summary.json").read_bytes() == before
+    assert checkpoint_dirs(out)
+
+
+def test_overwrite_replaces_previous_outputs(tmp_path):
+    Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", "train.max_steps=1"])).train()
+    (tmp_path / "notes.txt").write_text("mine")
+    summary = Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", "overwrite=true", "seed=5"])).train()
+    assert summary["steps"] == 6
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000006"]
+    # Files the run did not write are left alone.
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_unwritable_output_dir_is_refused_before_work():
+    with pytest.raises(ConfigError, match="output_dir"):
+        Trainer(load_config(None, [*TINY, "output_dir=/proc/x"]))
+
+
+def test_huge_lr_stops_with_one_line(tmp_path):
+    proc = _cli(*TINY, f"output_dir={tmp_path}", "optim.lr=1e12")
+    _one_line_error(proc, "diverged", "step", "loss")
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_divergence_names_the_term_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import tcl_hf.trainer as trainer_module
+
+    real = trainer_module.tcl_loss
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        if trainer.state.step >= 8:  # epoch 2 of 6 steps each
+            terms["loss_align"] = terms["loss_align"] * float("nan")
+            terms["loss"] = terms["loss"] + terms["loss_align"]
+        return terms
+
+    monkeypatch.setattr(trainer_module, "tcl_loss", poisoned)
+    trainer = Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", "train.epochs=2"]))
+    with pytest.raises(TCLError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert "loss_align" in message and "step 9" in message and "step_00000006" in message
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000006"]
+
+
+def test_label_file_of_wrong_length_is_refused_naming_length(tmp_path):
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(7) % 10)
+    proc = _cli(*TINY, f"output_dir={tmp_path / 'run'}", "noise.type=file", f"noise.file={labels}")
+    _one_line_error(proc, "noise.file", "7")
+
+
+def test_sigterm_saves_checkpoint_and_says_how_to_resume(tmp_path):
+    args = [*TINY, f"output_dir={tmp_path}", "train.epochs=20", "data.limit=320"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not checkpoint_dirs(tmp_path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "train.resume=true" in err and "Traceback" not in err
+    newest = checkpoint_dirs(tmp_path)[-1]
+    assert str(newest) in err
+    resumed = _cli(*args[:-2], "train.epochs=2", "data.limit=320", "train.resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs_completed"] == 2
+
+
+# ---- the config parser, swept and fuzzed ---------------------------------------------------------
+def _wrong_value(tp):
+    """A value of the wrong type for a key of type `tp`."""
+    origin = typing.get_origin(tp)
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin is typing.Union:
+        return _wrong_value(inner[0])
+    if origin is typing.Literal:
+        return "no_such_choice"
+    if origin is list:
+        return "[a, b]"
+    return {bool: "maybe", int: "1.5x", float: "fast", str: "[1, 2]"}[tp]
+
+
+@pytest.mark.parametrize("key", sorted(flat_keys()))
+def test_every_key_rejects_wrong_type_with_its_name(key):
+    tp = flat_keys()[key]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}={_wrong_value(tp)}"])
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+@pytest.mark.parametrize("override", ["train.epochs=0", "train.batch_size=-1", "noise.rate=-0.1", "noise.rate=1.5",
+                                      "optim.lr=0", "optim.momentum=1.0", "model.dropout=1", "tcl.scale1=2",
+                                      "seed=-1", "data.limit=0", "data.mean=[0.5,0.5]", "eval.knn_t=0",
+                                      "aug.strong_scale_min=0"])
+def test_out_of_range_values_are_refused(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(None, [override])
+
+
+_values = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                    st.booleans(), st.none(), st.text(max_size=12), st.lists(st.floats(-2, 2), max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(sorted(flat_keys()) + ["nope", "train.nope", "data"]), value=_values)
+def test_parser_fuzz_gives_config_or_one_line_error(key, value):
+    if key == "model.backbone":
+        value = str(value)
+    text = f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+    try:
+        load_config(None, [text])
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc)
+
+
+# ---- datasets with problems ------------------------------------------------------------------------
+def _parquet_dataset(tmp_path: Path, train_labels, test_labels, images=None, num_classes=None):
+    import datasets
+    from PIL import Image
+
+    names = [f"c{k}" for k in range(num_classes or (max(train_labels + test_labels, default=0) + 1))]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    root = tmp_path / "ds" / "data"
+    root.mkdir(parents=True)
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        imgs = images or [Image.new("RGB", (8, 8), (i * 9 % 255, 0, 0)) for i in range(len(labels))]
+        ds = datasets.Dataset.from_dict({"image": imgs[:len(labels)], "label": labels}, features=features)
+        ds.to_parquet(str(root / f"{split}-00000-of-00001.parquet"))
+    return tmp_path / "ds"
+
+
+def test_dataset_with_one_class_is_refused(tmp_path):
+    path = _parquet_dataset(tmp_path, [0] * 6, [0] * 3, num_classes=1)
+    with pytest.raises(DataError, match="at least 2"):
+        Trainer(load_config(None, [*TINY, "data.format=hf", f"data.path={path}", f"output_dir={tmp_path / 'r'}"]))
+
+
+def test_empty_split_is_refused(tmp_path):
+    path = _parquet_dataset(tmp_path, [0, 1, 0, 1], [], num_classes=2)
+    with pytest.raises(TCLError, match="test"):
+        Trainer(load_config(None, [*TINY, "data.format=hf", f"data.path={path}", f"output_dir={tmp_path / 'r'}"]))
+
+
+def test_odd_sizes_and_modes_are_converted(tmp_path):
+    from PIL import Image
+
+    from tcl_hf.data import load_data
+
+    images = [Image.new("L", (5, 9), 40), Image.new("RGBA", (30, 12), (1, 2, 3, 4)),
+              Image.new("P", (16, 16), 3), Image.new("CMYK", (7, 7), (0, 0, 0, 0)), Image.new("1", (20, 20), 1),
+              Image.new("I;16", (11, 13), 300)]
+    path = _parquet_dataset(tmp_path, [0, 1, 0, 1, 0, 1], [0, 1], images=images)
+    cfg = load_config(None, ["data.format=hf", f"data.path={path}"])
+    bundle = load_data(cfg.data, 16)
+    assert tuple(bundle.train.images.shape) == (6, 3, 16, 16)
+    assert bundle.train.images.dtype.is_floating_point is False
