@@ -5,7 +5,7 @@ import os
 import shlex
 import sys
 
-from .errors import TCLError
+from .errors import StopRequested, TCLError
 
 USAGE = "usage: train.py RECIPE.yaml [key=value ...]   (e.g. train.epochs=10 model.backbone=resnet18)"
 
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         recipe, overrides = None, argv
     try:
         from .config import load_config
-        from .trainer import StopRequested, Trainer
 
         cfg = load_config(recipe, overrides)
+        from .trainer import Trainer  # after validation: a typo is reported before the heavy imports
+
         Trainer(cfg).train()
     except TCLError as exc:
         if _is_main_process():

@@ -338,7 +338,8 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
 def validate(cfg: Config) -> None:
     """Cross-key checks that a single field's type cannot express."""
     if cfg.noise.type in ("file", "cifarn") and not cfg.noise.file:
-        what = "a .npy with one label per training sample" if cfg.noise.type == "file" else "CIFAR-10_human.pt or CIFAR-100_human.pt"
+        what = ("a .npy with one label per training sample" if cfg.noise.type == "file"
+                else "CIFAR-10_human.pt or CIFAR-100_human.pt")
         raise ConfigError(f"noise.file: required when noise.type={cfg.noise.type} ({what})")
     if cfg.noise.type in ("file", "cifarn") and not Path(cfg.noise.file).is_file():
         raise ConfigError(f"noise.file: {cfg.noise.file!r} does not exist")
@@ -380,6 +381,17 @@ def to_dict(cfg) -> dict:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         out[_key_name(f)] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"a.b": value}, the dotted form the command line uses."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 

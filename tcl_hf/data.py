@@ -113,7 +113,8 @@ def decode_cell(cell, size: int, on_bad_image: str = "error") -> tuple[np.ndarra
     except BAD_IMAGE_ERRORS as exc:
         where = cell.get("path") or "an embedded image"
         if on_bad_image == "error":
-            raise DataError(f"image {where}: cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"image {where}: cannot be read ({reason}); "
                             f"set data.on_bad_image=skip to leave such images out") from None
         return np.zeros((size, size, 3), dtype=np.uint8), False
 

@@ -39,17 +39,24 @@ def clean_posterior(scores: np.ndarray, seed: int = 0) -> np.ndarray:
     noise, so every sample is called clean.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
-    if scores.shape[0] < 2 or np.ptp(scores) == 0:
+    if scores.shape[0] < 2 or _flat(scores):
         return np.ones(scores.shape[0])
     gmm = GaussianMixture(n_components=2, random_state=seed).fit(scores)
     return gmm.predict_proba(scores)[:, int(np.argmin(gmm.means_.ravel()))]
 
 
+def _flat(scores: np.ndarray) -> bool:
+    """True when the scores differ by no more than float32 rounding: stretching that to [0, 1] would
+    fit the GMM to noise that changes with thread count (an untrained model scores every sample ~1/C)."""
+    return float(np.ptp(scores)) <= 1e-6 * max(1.0, float(np.abs(scores).max()))
+
+
 def confidences_from_scores(scores: np.ndarray, labels: np.ndarray, per_class: bool, num_classes: int) -> np.ndarray:
     """Min-max normalize the noise scores over all samples, then fit one GMM globally or per given class."""
     scores = np.asarray(scores, dtype=np.float64)
-    span = scores.max() - scores.min()
-    normalized = (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+    if _flat(scores):
+        return np.ones_like(scores)
+    normalized = (scores - scores.min()) / (scores.max() - scores.min())
     if not per_class:
         return clean_posterior(normalized)
     conf = np.ones_like(normalized)

@@ -193,7 +193,7 @@ _CARD_METRICS = (
 
 def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
     """The model card: YAML metadata (library, tags, dataset, eval results) and a body that explains the run."""
-    data, noise, mdl = run_config.get("data", {}), run_config.get("noise", {}), run_config.get("model", {})
+    data, mdl = run_config.get("data", {}), run_config.get("model", {})
     backbone, method = mdl.get("backbone", "?"), run_config.get("method", "tcl")
     name, dataset_type, dataset_id = _dataset(data)
     splits = {"train": data.get("train_split", "train"), "test": data.get("test_split", "test")}

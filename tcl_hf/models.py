@@ -7,7 +7,6 @@ Importing this module registers ``preact_resnet18_cifar`` (the reference encoder
 from __future__ import annotations
 
 import timm
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import flatten
 from .errors import ConfigError
 
 CHECKPOINT_PREFIX = "step_"
@@ -51,19 +52,9 @@ def check_writable(output_dir: Path) -> None:
         raise ConfigError(f"output_dir: cannot write to {str(output_dir)!r} ({exc.strerror or exc})") from None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def run_differences(saved: dict, current: dict) -> list[str]:
     """Keys (dotted) whose values differ between two config dicts, ignoring those a resume may change."""
-    a, b = _flat(saved), _flat(current)
+    a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES
             and not k.startswith(RESUMABLE_PREFIXES)]
@@ -77,15 +68,15 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, config: 
         saved = yaml.safe_load((output_dir / "config.yaml").read_text()) or {}
         diff = run_differences(saved, config)
         if diff:
-            shown = ", ".join(f"{k}={_flat(saved).get(k)!r}->{_flat(config).get(k)!r}" for k in diff[:4])
+            shown = ", ".join(f"{k}={flatten(saved).get(k)!r}->{flatten(config).get(k)!r}" for k in diff[:4])
             raise ConfigError(f"train.resume: {output_dir} holds a run with other settings ({shown}); "
                               f"resume with the same recipe and keys, or choose another output_dir")
         return
     if not found or resume:
         return
     if not overwrite:
-        raise ConfigError(f"output_dir: {output_dir} already holds a run ({', '.join(found)}); "
-                          f"add train.resume=true to continue it, overwrite=true to replace it, or pick another output_dir")
+        raise ConfigError(f"output_dir: {output_dir} already holds a run ({', '.join(found)}); add train.resume=true "
+                          f"to continue it, overwrite=true to replace it, or pick another output_dir")
     if is_main:
         for name in found:
             path = output_dir / name

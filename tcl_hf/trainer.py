@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import detector
-from .config import Config, save_config, to_dict
+from .config import Config, flatten, save_config, to_dict
 from .data import DataBundle, load_data
-from .errors import DataError, TCLError
+from .errors import DataError, StopRequested, TCLError
 from .metrics import detection_metrics, knn_predict
 from .models import TCLModel
 from .noise import make_noisy_labels
@@ -35,12 +35,26 @@ from .rundir import atomic_write_text, checkpoint_dirs, checkpoint_name, prepare
 from .views import Views
 
 
-class StopRequested(Exception):
-    """Raised at a step boundary after a stop signal, once the checkpoint is written."""
+class GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient for our rows (as the reference's
+    GatherLayer), built on public collectives only."""
 
-    def __init__(self, checkpoint: Path):
-        super().__init__(str(checkpoint))
-        self.checkpoint = checkpoint
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        import torch.distributed as dist
+
+        stacked = torch.stack(grads)
+        dist.all_reduce(stacked)
+        return stacked[dist.get_rank()]
+
 
 class RunState:
     """Everything besides model/optimizer/RNG that a resumed run needs: progress and EM state."""
@@ -160,8 +174,9 @@ class Trainer:
         model = TCLModel(cfg.model.backbone, self.num_classes, cfg.model.proj_dim, cfg.model.dropout,
                          pretrained=cfg.model.pretrained or weights is not None,
                          pretrained_cfg_overlay=dict(file=weights) if weights else None)
-        if cfg.train.sync_bn and self.accelerator.num_processes > 1:
-            # Must happen before prepare(): DDP wraps whatever modules exist at that point.
+        if cfg.train.sync_bn and self.accelerator.num_processes > 1 and self.accelerator.device.type == "cuda":
+            # Must happen before prepare(): DDP wraps whatever modules exist at that point. (PyTorch's
+            # SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.)
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay)
         return model, optimizer
@@ -197,11 +212,9 @@ class Trainer:
     def _gather_with_grad(self, z: torch.Tensor) -> torch.Tensor:
         """All processes' rows with gradients flowing back to ours; batches may differ in size
         (skipped images), so rows are padded to the largest batch and the padding cut away."""
-        from torch.distributed.nn.functional import all_gather
-
         sizes = self.accelerator.gather(torch.tensor([z.shape[0]], device=z.device)).tolist()
         padded = F.pad(z, (0, 0, 0, max(sizes) - z.shape[0]))
-        return torch.cat([part[:size] for part, size in zip(all_gather(padded), sizes)], dim=0)
+        return torch.cat([part[:size] for part, size in zip(GatherWithGrad.apply(padded), sizes)], dim=0)
 
     def _tcl_terms(self, images: torch.Tensor, index: torch.Tensor, warmup: bool) -> dict[str, torch.Tensor]:
         cfg, views, st = self.cfg, self.views, self.state
@@ -457,7 +470,7 @@ class Trainer:
         cfg, acc, st = self.cfg, self.accelerator, self.state
         started = time.perf_counter()
         if cfg.log.with_:
-            acc.init_trackers(cfg.log.project, config=_flat(to_dict(cfg)),
+            acc.init_trackers(cfg.log.project, config=flatten(to_dict(cfg)),
                               init_kwargs={"wandb": {"name": cfg.log.run_name, "dir": str(self.output_dir)}})
         if acc.is_main_process:
             save_config(cfg, self.output_dir / "config.yaml")
@@ -546,16 +559,6 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
         acc.log({k: v for k, v in record.items() if v is not None}, step=record["epoch"])
         acc.print(f"epoch {record['epoch']}/{self.cfg.train.epochs}: {_fmt(record)}")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _fmt(record: dict) -> str:

@@ -22,11 +22,6 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    return SHARED_DATA
-
-
 def shared_path(*parts: str) -> Path:
     """A path under shared/data, or a clean skip when this machine does not have it."""
     path = SHARED_DATA.joinpath(*parts)
@@ -43,6 +38,11 @@ def cifar10_dir() -> Path:
 @pytest.fixture
 def tcl_noise_dir() -> Path:
     return shared_path("tcl-noise")
+
+
+@pytest.fixture
+def cifar_n_dir() -> Path:
+    return shared_path("cifar-n")
 
 
 @pytest.fixture

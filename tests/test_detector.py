@@ -18,7 +18,8 @@ P = [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]
 
 
 def hand_prototypes():
-    # mu_0 = 0.9 (1,0) + 0.2 (0,1) + 0.5 (0.6,0.8) = (1.2, 0.6); mu_1 = 0.1 (1,0) + 0.8 (0,1) + 0.5 (0.6,0.8) = (0.4, 1.2)
+    # mu_0 = 0.9 (1,0) + 0.2 (0,1) + 0.5 (0.6,0.8) = (1.2, 0.6)
+    # mu_1 = 0.1 (1,0) + 0.8 (0,1) + 0.5 (0.6,0.8) = (0.4, 1.2)
     n0, n1 = math.sqrt(1.2 ** 2 + 0.6 ** 2), math.sqrt(0.4 ** 2 + 1.2 ** 2)
     return [[1.2 / n0, 0.6 / n0], [0.4 / n1, 1.2 / n1]]
 
@@ -101,6 +102,18 @@ def test_degenerate_scores_are_all_clean(scores):
     labels = np.zeros(len(scores), dtype=np.int64)
     np.testing.assert_array_equal(confidences_from_scores(scores, labels, False, 2), np.ones(len(scores)))
     np.testing.assert_array_equal(confidences_from_scores(scores, labels, True, 2), np.ones(len(scores)))
+
+
+def test_scores_equal_up_to_float32_rounding_are_degenerate():
+    """An untrained model assigns every sample ~1/C to every cluster: the scores then differ only by
+    float32 rounding (which changes with thread and process count). Min-max scaling must not blow
+    that noise up into confident 'noisy' calls."""
+    rng = np.random.default_rng(0)
+    scores = (np.float32(-0.1) + rng.normal(0.0, 5e-8, 200).astype(np.float32)).astype(np.float32)
+    assert 0 < np.ptp(scores) < 1e-6
+    labels = np.arange(200) % 10
+    np.testing.assert_array_equal(confidences_from_scores(scores, labels, False, 10), np.ones(200))
+    np.testing.assert_array_equal(confidences_from_scores(scores, labels, True, 10), np.ones(200))
 
 
 def planted_noise(n=2000, num_classes=10, dim=16, flip=0.3, seed=0):

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two launches whose training set does not split evenly over 2 processes x batches, one that does,
-# and one with the default sync_bn=true: (name, data.limit, sync_bn, training steps).
+# (name, data.limit, sync_bn, training steps): 96 samples split evenly over 2 processes x eval batches
+# of 16, 101 do not (the sampler pads with repeats that must be dropped); the last keeps sync_bn's default.
 LAUNCHES = [("even", 96, False, 0), ("uneven", 101, False, 1), ("syncbn", 101, True, 0)]
 
 
@@ -28,12 +28,13 @@ def tiny_overrides(output_dir, limit: int, sync_bn: bool, max_steps: int | None 
     return overrides + ([f"train.max_steps={max_steps}"] if max_steps else [])
 
 
-def build_trainer(output_dir, limit: int, sync_bn: bool, weights: Path, max_steps: int | None = None):
+def build_trainer(output_dir, limit: int, sync_bn: bool, weights: Path | None, max_steps: int | None = None):
     from tcl_hf.config import load_config
     from tcl_hf.trainer import Trainer
 
     trainer = Trainer(load_config(None, tiny_overrides(output_dir, limit, sync_bn, max_steps)))
-    trainer.accelerator.unwrap_model(trainer.model).load_state_dict(torch.load(weights))
+    if weights is not None:
+        trainer.accelerator.unwrap_model(trainer.model).load_state_dict(torch.load(weights))
     return trainer
 
 
@@ -68,39 +69,53 @@ def launch_all(weights: str, root: str) -> None:
             (out / "status.txt").write_text(lines[-1] if lines else type(exc).__name__)
 
 
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def save_calibrated_weights(root: Path) -> Path:
+    """Weights of a fresh model whose BN statistics are those of the training images: with the
+    init statistics every image projects to about the same z, the assignments are uniform and the
+    confidences would only fit float rounding noise."""
+    trainer = build_trainer(root / "calibrate", 101, sync_bn=False, weights=None)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the one pass below
+    model.train()
+    with torch.no_grad():
+        model(trainer.views.test(trainer.data.train.images))
+    for m in norms:
+        m.momentum = 0.1
+    weights = root / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    return weights
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """Saves one set of weights, runs every launch in a fresh interpreter, returns the folder."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from tcl_hf.models import TCLModel
-
     root = tmp_path_factory.mktemp("dist")
-    torch.manual_seed(0)
-    model = TCLModel("preact_resnet_mini", num_classes=10, proj_dim=16)
-    # Non-trivial BN statistics so that eval-mode outputs depend on every buffer being loaded.
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    weights = root / "weights.pt"
-    torch.save(model.state_dict(), weights)
+    reset_accelerate()
+    weights = save_calibrated_weights(root)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, __file__, str(weights), str(root)], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     return root
 
 
-def single_process_confidences(root: Path, limit: int) -> torch.Tensor:
+def single_process_detection(root: Path, limit: int):
     trainer = build_trainer(root / f"single_{limit}", limit, False, root / "weights.pt")
     assert trainer.accelerator.num_processes == 1
     trainer.detect_noise()
-    return trainer.state.confidences
+    return trainer
 
 
 def status(root: Path, name: str) -> str:
@@ -111,14 +126,26 @@ def status(root: Path, name: str) -> str:
 def test_two_processes_detect_like_one(launched, name, limit):
     # A failing launch means a rank crashed, e.g. the trainer's own "saw N samples 0 times" check.
     assert status(launched, name) == "ok"
-    single = single_process_confidences(launched, limit)
+    trainer = single_process_detection(launched, limit)
+    single = trainer.state.confidences
     assert single.shape == (limit,)
-    # Guards the comparison: confidences that are all alike would match trivially.
-    assert single.std() > 0.01
+    # Guards the comparison: scores spread well beyond float rounding, confidences not all alike.
+    scores = trainer.state.assignments.gather(1, trainer.given_labels.cpu().view(-1, 1))
+    assert scores.max() - scores.min() > 0.1
+    assert single.std() > 0.1
     for rank in (0, 1):
         got = torch.load(launched / name / f"confidences_{rank}.pt")
         assert got.shape == (limit,)
         assert torch.allclose(got, single, atol=1e-5), (rank, (got - single).abs().max())
+
+
+def saved_parameters(root: Path) -> torch.Tensor:
+    """The launched runs' starting parameters, flattened in model.parameters() order."""
+    from tcl_hf.models import TCLModel
+
+    model = TCLModel("preact_resnet_mini", num_classes=10, proj_dim=16)
+    model.load_state_dict(torch.load(root / "weights.pt"))
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def test_training_step_keeps_replicas_identical(launched):
@@ -127,16 +154,7 @@ def test_training_step_keeps_replicas_identical(launched):
     p1 = torch.load(launched / "uneven" / "params_1.pt")
     assert torch.isfinite(p0).all()
     assert torch.allclose(p0, p1, atol=1e-6)
-    before = torch.cat([p.flatten() for p in _weights_params(launched)])
-    assert not torch.allclose(p0, before), "the step changed nothing"
-
-
-def _weights_params(root: Path):
-    from tcl_hf.models import TCLModel
-
-    model = TCLModel("preact_resnet_mini", num_classes=10, proj_dim=16)
-    model.load_state_dict(torch.load(root / "weights.pt"))
-    return [p.detach() for p in model.parameters()]
+    assert not torch.allclose(p0, saved_parameters(launched)), "the step changed nothing"
 
 
 def test_default_sync_bn_works_on_cpu_processes(launched):

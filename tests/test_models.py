@@ -30,6 +30,19 @@ def test_preact_resnet18_cifar_is_a_timm_model():
     assert timm.create_model("preact_resnet18_cifar", num_classes=100).get_classifier().out_features == 100
 
 
+def conv3x3(cin, cout):
+    return 9 * cin * cout  # no bias
+
+
+def bn(c):
+    return 2 * c  # weight and bias
+
+
+def block(cin, cout):
+    """Pre-activation basic block: BN-conv-BN-conv, plus a 1x1 shortcut when the width changes."""
+    return bn(cin) + conv3x3(cin, cout) + bn(cout) + conv3x3(cout, cout) + (cin * cout if cin != cout else 0)
+
+
 def test_preact_resnet18_structure_matches_the_spec():
     model = timm.create_model("preact_resnet18_cifar")
     stem = model.stem
@@ -44,11 +57,8 @@ def test_preact_resnet18_structure_matches_the_spec():
     assert [m.stride for m in convs3 if m.stride != (1, 1)] == [(2, 2)] * 3
     # Final BN + ReLU before pooling.
     assert isinstance(model.norm, nn.BatchNorm2d) and model.norm.num_features == 512
-    # Parameters of that architecture, counted by hand: convs (no bias), BN (weight + bias), 1x1 shortcuts, fc.
-    conv = lambda cin, cout: 9 * cin * cout  # noqa: E731
-    bn = lambda c: 2 * c  # noqa: E731
-    block = lambda cin, cout: bn(cin) + conv(cin, cout) + bn(cout) + conv(cout, cout) + (cin * cout if cin != cout else 0)  # noqa: E731
-    expected = (conv(3, 64) + block(64, 64) + block(64, 64) + block(64, 128) + block(128, 128)
+    # Parameters of that architecture counted by hand (stem, 8 blocks, final BN, fc).
+    expected = (conv3x3(3, 64) + block(64, 64) + block(64, 64) + block(64, 128) + block(128, 128)
                 + block(128, 256) + block(256, 256) + block(256, 512) + block(512, 512) + bn(512) + 512 * 10 + 10)
     assert sum(p.numel() for p in model.parameters()) == expected
 

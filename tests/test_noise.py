@@ -95,8 +95,8 @@ def test_cifar100_map_is_a_five_cycle_inside_each_superclass():
             assert length == 5
 
 
-def test_cifar100_superclasses_match_the_dataset_hierarchy(shared_data):
-    path = shared_data / "cifar-n" / "CIFAR-100_human.pt"
+def test_cifar100_superclasses_match_the_dataset_hierarchy(cifar_n_dir):
+    path = cifar_n_dir / "CIFAR-100_human.pt"
     if not path.exists():
         pytest.skip(f"shared data not present: {path}")
     import torch
@@ -201,14 +201,13 @@ def test_make_noisy_labels_dispatch(tmp_path):
 # ---- the reference's own noise file --------------------------------------------------------------
 
 
-def test_reference_sym50_file_matches_the_reference_definition(shared_data):
-    noise_file = shared_data / "tcl-noise" / "sym_noise_cifar10_50.npy"
-    train_dir = shared_data / "cifar10" / "plain_text"
-    if not noise_file.exists() or not train_dir.exists():
-        pytest.skip("shared tcl-noise or cifar10 data not present")
+def test_reference_sym50_file_matches_the_reference_definition(tcl_noise_dir, cifar10_dir):
+    noise_file = tcl_noise_dir / "sym_noise_cifar10_50.npy"
+    if not noise_file.exists():
+        pytest.skip(f"shared data not present: {noise_file}")
     import pyarrow.parquet as pq
 
-    shards = sorted(train_dir.glob("train-*.parquet"))
+    shards = sorted((cifar10_dir / "plain_text").glob("train-*.parquet"))
     clean = np.concatenate([pq.read_table(s, columns=["label"])["label"].to_numpy() for s in shards])
     reference = load_label_file(noise_file, full_size=len(clean), num_classes=10, limit=None)
     ref_rate = (reference != clean).mean()

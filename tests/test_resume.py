@@ -12,7 +12,8 @@ import pytest
 
 from tcl_hf.config import load_config
 from tcl_hf.rundir import checkpoint_dirs
-from tcl_hf.trainer import StopRequested, Trainer
+from tcl_hf.errors import StopRequested
+from tcl_hf.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("test_acc", "knn_acc", "noise_auc", "label_acc", "clean_ratio_est", "loss", "loss_con", "noise_recall")
