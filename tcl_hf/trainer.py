@@ -171,9 +171,18 @@ class Trainer:
     def _build_model(self):
         cfg = self.cfg
         weights = cfg.model.pretrained_file
-        model = TCLModel(cfg.model.backbone, self.num_classes, cfg.model.proj_dim, cfg.model.dropout,
-                         pretrained=cfg.model.pretrained or weights is not None,
-                         pretrained_cfg_overlay=dict(file=weights) if weights else None)
+        pretrained = cfg.model.pretrained or weights is not None
+        try:
+            model = TCLModel(cfg.model.backbone, self.num_classes, cfg.model.proj_dim, cfg.model.dropout,
+                             pretrained=pretrained, pretrained_cfg_overlay=dict(file=weights) if weights else None)
+        except Exception as exc:  # hub lookups and state-dict loading raise many types
+            if not pretrained:
+                raise
+            source = weights or "the Hugging Face Hub"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TCLError(f"model.pretrained: cannot load {cfg.model.backbone!r} weights from {source} "
+                           f"({reason[:160]}); offline, give model.pretrained_file=WEIGHTS or set "
+                           f"model.pretrained=false") from None
         if cfg.train.sync_bn and self.accelerator.num_processes > 1 and self.accelerator.device.type == "cuda":
             # Must happen before prepare(): DDP wraps whatever modules exist at that point. (PyTorch's
             # SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.)

@@ -78,15 +78,22 @@ def test_imagenet_folder_with_foreign_name_is_refused(tmp_path):
         read_webvision(layout.root, 4, imagenet_val=layout.files["imagenet"])
 
 
-def test_imagenet_missing_class_folder_is_named(tmp_path):
+def test_imagenet_missing_class_folder_narrows_the_set(tmp_path):
     layout = make_webvision(tmp_path / "wv")
     folder = layout.files["imagenet"]
     for f in (folder / "2").iterdir():
         f.unlink()
     (folder / "2").rmdir()
-    with pytest.raises(DataError, match=r"no sub-folder for class\(es\) 2;"):
-        read_webvision(layout.root, 4, imagenet_val=folder)
-    assert len(read_webvision(layout.root, 2, imagenet_val=folder)["imagenet"]) == 4  # class 2 not needed
+    imagenet = read_webvision(layout.root, 4, imagenet_val=folder)["imagenet"]
+    assert sorted(set(imagenet.labels.tolist())) == [0, 1, 3] and len(imagenet) == 6
+
+
+def test_imagenet_folder_without_any_class_is_refused(tmp_path):
+    layout = make_webvision(tmp_path / "wv")
+    empty = tmp_path / "empty_val"
+    (empty / "999").mkdir(parents=True)
+    with pytest.raises(DataError, match="no sub-folder for any class"):
+        read_webvision(layout.root, 4, imagenet_val=empty)
 
 
 @pytest.mark.parametrize("bad", ["google/q/b.jpg", "google/q/b.jpg two", "google/q/b.jpg 1.5", "7"])
