@@ -7,6 +7,7 @@ or raises ``ConfigError`` with one line naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,7 +371,7 @@ def _check_backbone(name: str) -> None:
     from . import models  # noqa: F401  (registers the project's own architectures with timm)
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ConfigError(f"model.backbone: {name!r} is not a timm model name{hint}; see timm.list_models()")
 

@@ -155,6 +155,11 @@ def _dataset(data: dict) -> tuple[str, str, str | None]:
     """(display name, type for model-index, hub dataset id or None) of the run's training data."""
     if data.get("format") == "digits":
         return "scikit-learn digits", "digits", None
+    if data.get("format") == "webvision":
+        mini = data.get("num_classes") == 50
+        return ("mini-WebVision" if mini else "WebVision 1.0"), "webvision", None
+    if data.get("format") == "clothing1m":
+        return "Clothing1M", "clothing1m", None
     path = str(data.get("path"))
     if Path(path).exists():
         return Path(path).name, Path(path).name, None
@@ -169,6 +174,8 @@ def _noise_text(noise: dict) -> str:
         return f"{rate:.0%} asymmetric (class-flip) synthetic label noise"
     if kind == "file":
         return f"the noisy labels of `{Path(str(noise.get('file'))).name}`"
+    if kind == "cifarn":
+        return f"the human labels '{noise.get('label_set')}' of `{Path(str(noise.get('file'))).name}` (CIFAR-N)"
     return "the dataset's own labels (no synthetic noise added)"
 
 

@@ -36,6 +36,11 @@ def test_webvision_run_counts_and_keys(tmp_path):
     assert s["test_top5"] >= s["test_acc"]
     issues = (out / "label_issues.csv").read_text().splitlines()
     assert len(issues) - 1 == s["train_samples"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "hub" / "README.md")
+    assert "webvision" in card.data.tags and not card.data.datasets
+    assert "on WebVision 1.0, trained on noisy labels" in card.text  # 6 classes kept: not mini-WebVision
 
 
 def test_clothing1m_run_with_balanced_subset(tmp_path):
