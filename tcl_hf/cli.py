@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped; checkpoint saved to {stop.checkpoint}. Resume with: python {resume_command(argv)}",
                   file=sys.stderr)
         return 0
+    except OSError as exc:
+        # The machine's side (disk full, permissions) rather than ours: say what and where, in one line.
+        if _is_main_process():
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"error: {exc.strerror or exc}{where}; checkpoints already written are intact", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if _is_main_process():
             print(f"interrupted; resume from the last checkpoint with: python {resume_command(argv)}", file=sys.stderr)

@@ -141,6 +141,7 @@ class Trainer:
         self.train_probs: torch.Tensor | None = None  # class probabilities of every training sample
         self.train_bad: torch.Tensor | None = None    # training images that could not be read
         self._last_em: dict = {}
+        self._em_device_copy: tuple | None = None
 
     # ---- construction -------------------------------------------------------------------------
     def _load_data(self) -> DataBundle:
@@ -234,15 +235,24 @@ class Trainer:
         z, logits = self.model(torch.cat([x_w, x_mix, x_q, x_k]))
         _, z_mix, z_q, z_k = z.split([b, 3 * b, b, b])
         _, logits_mix, logits_q, logits_k = logits.split([b, 3 * b, b, b])
-        device = images.device
+        confidences, prototypes = self._em_on_device()
         return tcl_loss(
             z_q, z_k, z_mix, logits_q, logits_k, logits_mix,
-            labels=self.given_labels[index], confidences=st.confidences.to(device)[index],
-            prototypes=st.prototypes.to(device), lam=lam, perm=perm, scale1=st.scale1, scale2=st.scale2,
+            labels=self.given_labels[index], confidences=confidences[index],
+            prototypes=prototypes, lam=lam, perm=perm, scale1=st.scale1, scale2=st.scale2,
             warmup=warmup, temperature=cfg.tcl.temperature,
             weights=TCLWeights(cfg.tcl.lambda_cls, cfg.tcl.lambda_align, cfg.tcl.lambda_ent, cfg.tcl.lambda_ne),
             gather=self._gather_with_grad if self.accelerator.num_processes > 1 else None,
         )
+
+    def _em_on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The EM step's confidences and prototypes on the training device, copied once per EM step
+        (the checkpointed originals stay on the CPU)."""
+        st = self.state
+        if self._em_device_copy is None or self._em_device_copy[0] is not st.confidences:
+            device = self.accelerator.device
+            self._em_device_copy = (st.confidences, st.confidences.to(device), st.prototypes.to(device))
+        return self._em_device_copy[1], self._em_device_copy[2]
 
     def _ce_terms(self, images: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         _, logits = self.model(self.views.weak(images))

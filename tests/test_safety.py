@@ -213,3 +213,27 @@ def test_odd_sizes_and_modes_are_converted(tmp_path):
     bundle = load_data(cfg.data, 16)
     assert tuple(bundle.train.images.shape) == (6, 3, 16, 16)
     assert bundle.train.images.dtype.is_floating_point is False
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+
+    real = Accelerator.save_state
+    calls = []
+
+    def save_state_once_then_full(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            (Path(output_dir) / "partial.bin").parent.mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "partial.bin").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state_once_then_full)
+    with pytest.raises(TCLError) as err:
+        Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", "train.epochs=3"])).train()
+    message = str(err.value)
+    assert "No space left on device" in message and "step_00000006" in message and "\n" not in message
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000006"]
