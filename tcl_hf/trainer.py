@@ -121,7 +121,6 @@ class Trainer:
                                             *eval_loaders.values())
         self.model, self.optimizer, self.train_loader, self.train_eval_loader = prepared[:4]
         self.eval_loaders = dict(zip(names, prepared[4:]))
-        self.test_loader = self.eval_loaders["test"]
         device = self.accelerator.device
         self.views = Views(self.data.image_size, self.data.mean, self.data.std, cfg.aug.crop_padding,
                            cfg.aug.strong_scale_min, cfg.aug.hflip,
@@ -129,7 +128,6 @@ class Trainer:
         self.given_labels = self.given_labels.to(device)
         self.eval_labels = {name: torch.as_tensor(labels, device=device)
                             for name, (_, labels) in self.data.eval_sets.items()}
-        self.test_labels = self.eval_labels["test"]
         self.bad_counts: dict[str, int] = {}
         n = len(self.data.train)
         self.state = RunState(n, self.num_classes, cfg.model.proj_dim)
