@@ -87,6 +87,9 @@ class DataBundle:
 
 def to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
     """Any PIL image -> RGB uint8 [size, size, 3]: shorter side resized to `size`, then centre-cropped."""
+    if image.mode == "P" and "transparency" in image.info:
+        # Going through RGBA avoids PIL's per-image warning about palette transparency.
+        image = image.convert("RGBA")
     image = image.convert("RGB")
     w, h = image.size
     if (w, h) != (size, size):
@@ -115,7 +118,7 @@ def decode_cell(cell, size: int, on_bad_image: str = "error") -> tuple[np.ndarra
         if on_bad_image == "error":
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"image {where}: cannot be read ({reason}); "
-                            f"set data.on_bad_image=skip to leave such images out") from None
+                            f"set data.on_bad_image=skip to leave such files out") from None
         return np.zeros((size, size, 3), dtype=np.uint8), False
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .data import BAD_IMAGE_ERRORS, to_rgb_array
+from .data import decode_cell
 from .errors import DataError
 
 WEBVISION_CLASSES = 1000
@@ -242,20 +242,6 @@ def read_clothing1m(root: str | Path) -> dict[str, ImageList]:
 
 
 # ---- lazy images --------------------------------------------------------------------------------
-def decode_file(path: str, size: int, resize: int) -> np.ndarray:
-    """An image file -> RGB uint8 [3, size, size]: shorter side to `resize`, then the centre square."""
-    with Image.open(path) as image:
-        if image.mode == "P" and "transparency" in image.info:
-            # Going through RGBA avoids PIL's per-image warning about palette transparency.
-            image = image.convert("RGBA")
-        array = to_rgb_array(image, resize)
-    if resize != size:
-        top = (resize - size) // 2
-        array = array[top:top + size, top:top + size]
-    # A fresh writable copy: the array PIL hands out is read-only, which torch.from_numpy warns about.
-    return np.array(array.transpose(2, 0, 1), order="C")
-
-
 class FileImages(Dataset):
     """Images decoded from files when asked for; items are (uint8 [3, size, size], index, ok).
 
@@ -281,16 +267,10 @@ class FileImages(Dataset):
         return os.fsdecode(self._paths[index])
 
     def __getitem__(self, index: int):
-        path = self.path(index)
-        try:
-            array = decode_file(path, self.size, self.resize)
-        except BAD_IMAGE_ERRORS as exc:
-            if self.on_bad_image == "error":
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise DataError(f"image {path}: cannot be read ({reason}); "
-                                f"set data.on_bad_image=skip to leave such files out") from None
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), index, False
-        return torch.from_numpy(array), index, True
+        array, ok = decode_cell({"path": self.path(index)}, self.resize, self.on_bad_image)
+        top = (self.resize - self.size) // 2
+        # A copy: the array PIL hands out is read-only, which torch.from_numpy warns about.
+        return torch.tensor(array[top:top + self.size, top:top + self.size]).permute(2, 0, 1), index, ok
 
 
 # ---- class-balanced subsets (Clothing1M) ----------------------------------------------------------

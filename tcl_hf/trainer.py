@@ -81,10 +81,14 @@ class RunState:
             setattr(self, key, value)
 
 
+def pretrained_cfg_value(backbone: str, key: str):
+    """A value of the backbone's timm pretrained config (input_size, mean, std), or None."""
+    return getattr(timm.models.get_pretrained_cfg(backbone.split(".")[0]), key, None)
+
+
 def default_image_size(backbone: str) -> int:
     """The backbone's native input size from its timm pretrained config (224 when it has none)."""
-    pretrained_cfg = timm.models.get_pretrained_cfg(backbone.split(".")[0])
-    size = getattr(pretrained_cfg, "input_size", None) if pretrained_cfg is not None else None
+    size = pretrained_cfg_value(backbone, "input_size")
     return int(size[-1]) if size else 224
 
 
@@ -148,8 +152,7 @@ class Trainer:
         mean, std = cfg.data.mean, cfg.data.std
         if mean is None and (cfg.model.pretrained or cfg.model.pretrained_file):
             # Pretrained weights expect the statistics they were trained with.
-            pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.backbone.split(".")[0])
-            mean, std = getattr(pretrained_cfg, "mean", None), getattr(pretrained_cfg, "std", None)
+            mean, std = (pretrained_cfg_value(cfg.model.backbone, k) for k in ("mean", "std"))
         # Decoding happens once per machine; the main process goes first so datasets' cache is warm.
         with self.accelerator.main_process_first():
             return load_data(cfg.data, size, mean, std, seed=cfg.seed)
