@@ -72,6 +72,10 @@ class DataConfig:
     test_split: str = _opt("test")
     limit: Optional[int] = _opt(None, _positive, "use only the first N train and N test samples")
     image_size: Optional[int] = _opt(None, _positive, "view size; null = the backbone's input size")
+    crop_pct: Optional[float] = _opt(None, _in_range(0.0, 1.0, lo_open=True),
+                                     "evaluation crop fraction (timm's); null = 1.0 up to 64 px, else the backbone's")
+    interpolation: Optional[Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"]] = _opt(
+        None, help="resize filter; null = the backbone's (timm data config)")
     mean: Optional[list[float]] = _opt(None, _triple, "normalisation mean; null = from the data")
     std: Optional[list[float]] = _opt(None, _triple, "normalisation std; null = from the data")
     num_workers: int = _opt(0, _non_negative, "loader worker processes")
@@ -102,6 +106,8 @@ class TCLConfig:
     scale1: Optional[float] = _opt(None, _in_range(0.0, 1.0), "null = estimated clean ratio")
     scale2: Optional[float] = _opt(None, _in_range(0.0, 1.0), "null = estimated clean ratio")
     per_class_gmm: bool = _opt(False, help="one GMM per class (reference sep_gmm)")
+    lambda_con: float = _opt(1.0, _non_negative, "weight of the contrastive loss; 0.25 = the reference's "
+                             "effective weight on its 4 GPUs (paper recipes)")
     lambda_cls: float = _opt(1.0, _non_negative)
     lambda_align: float = _opt(1.0, _non_negative)
     lambda_ent: float = _opt(1.0, _non_negative)

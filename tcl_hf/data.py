@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset, Sampler
 
+from .contract import Decoding, InputContract
 from .errors import DataError
 
 # Web crawls hold truncated JPEGs that still decode usefully.
@@ -23,8 +24,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = True
 
 # Up to this many bytes of decoded images are kept in memory; larger sets decode in loader workers.
 IN_MEMORY_BYTES = 4 * 2**30
-# Views of images up to this size follow CIFAR (pad-and-crop); larger ones follow ImageNet (crop inside).
-SMALL_IMAGE = 64
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # What PIL raises for files it cannot read; anything else is a bug and should surface.
 BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -48,17 +47,17 @@ class TensorImages(Dataset):
 class HFImages(Dataset):
     """A datasets split whose images decode when a loader worker asks; items are (image, index, ok)."""
 
-    def __init__(self, split, column: str, size: int, on_bad_image: str):
+    def __init__(self, split, column: str, decoding: Decoding, on_bad_image: str):
         import datasets
 
         self.split = split.cast_column(column, datasets.Image(decode=False)).select_columns([column])
-        self.column, self.size, self.on_bad_image = column, size, on_bad_image
+        self.column, self.decoding, self.on_bad_image = column, decoding, on_bad_image
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int):
-        image, ok = decode_cell(self.split[index][self.column], self.size, self.on_bad_image)
+        image, ok = decode_cell(self.split[index][self.column], self.decoding, self.on_bad_image)
         return torch.tensor(image).permute(2, 0, 1), index, ok
 
 
@@ -71,13 +70,10 @@ class DataBundle:
     clean_train_labels: np.ndarray | None  # known clean labels (synthetic noise, or a clean column), else None
     num_classes: int
     class_names: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: int
+    contract: InputContract           # the preprocessing, mean and std included
     full_train_size: int              # rows in the train split before data.limit (label files must match it)
     extra_evals: dict = field(default_factory=dict)  # more test sets: name -> (Dataset, labels), e.g. "val"
     train_sampler: Sampler | None = None             # e.g. a class-balanced subset per epoch
-    storage_size: int | None = None                  # size the loader hands out when larger than image_size
 
     @property
     def eval_sets(self) -> dict:
@@ -85,19 +81,25 @@ class DataBundle:
         return {"test": (self.test, self.test_labels), **self.extra_evals}
 
 
-def to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
-    """Any PIL image -> RGB uint8 [size, size, 3]: shorter side resized to `size`, then centre-cropped."""
+def to_rgb_array(image: Image.Image, decoding: Decoding) -> np.ndarray:
+    """Any PIL image -> RGB uint8 [crop, crop, 3], as timm's evaluation transform prepares it: the shorter
+    side resized to ``decoding.resize`` (torchvision's Resize rule), then a centre crop (its CenterCrop rounding)."""
+    from timm.data.transforms import str_to_pil_interp
+
     if image.mode == "P" and "transparency" in image.info:
         # Going through RGBA avoids PIL's per-image warning about palette transparency.
         image = image.convert("RGBA")
     image = image.convert("RGB")
     w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        image = image.resize((nw, nh), Image.BILINEAR)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
+    short, long = min(w, h), max(w, h)
+    if short != decoding.resize:
+        new_long = int(decoding.resize * long / short)
+        size = (decoding.resize, new_long) if w <= h else (new_long, decoding.resize)
+        image = image.resize(size, str_to_pil_interp(decoding.interpolation))
+    w, h = image.size
+    left, top = int(round((w - decoding.crop) / 2.0)), int(round((h - decoding.crop) / 2.0))
+    if (left, top, w, h) != (0, 0, decoding.crop, decoding.crop):
+        image = image.crop((left, top, left + decoding.crop, top + decoding.crop))
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -108,26 +110,26 @@ def _open(cell) -> Image.Image:
     return Image.open(cell["path"])
 
 
-def decode_cell(cell, size: int, on_bad_image: str = "error") -> tuple[np.ndarray, bool]:
-    """One undecoded image cell -> (RGB uint8 [size, size, 3], ok); an unreadable one is zeros
+def decode_cell(cell, decoding: Decoding, on_bad_image: str = "error") -> tuple[np.ndarray, bool]:
+    """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one is zeros
     with ok=False, or a DataError naming it when on_bad_image='error'."""
     try:
-        return to_rgb_array(_open(cell), size), True
+        return to_rgb_array(_open(cell), decoding), True
     except BAD_IMAGE_ERRORS as exc:
         where = cell.get("path") or "an embedded image"
         if on_bad_image == "error":
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"image {where}: cannot be read ({reason}); "
                             f"set data.on_bad_image=skip to leave such files out") from None
-        return np.zeros((size, size, 3), dtype=np.uint8), False
+        return np.zeros((decoding.crop, decoding.crop, 3), dtype=np.uint8), False
 
 
-def decode_images(cells, size: int, on_bad_image: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode a column of undecoded image cells into uint8 [N, 3, size, size] and an ok mask [N]."""
-    out = np.empty((len(cells), size, size, 3), dtype=np.uint8)
+def decode_images(cells, decoding: Decoding, on_bad_image: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a column of undecoded image cells into uint8 [N, 3, crop, crop] and an ok mask [N]."""
+    out = np.empty((len(cells), decoding.crop, decoding.crop, 3), dtype=np.uint8)
     ok = np.ones(len(cells), dtype=bool)
     for i, cell in enumerate(cells):
-        out[i], ok[i] = decode_cell(cell, size, on_bad_image)
+        out[i], ok[i] = decode_cell(cell, decoding, on_bad_image)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(ok)
 
 
@@ -135,11 +137,6 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple, tuple]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     x = images.float().div(255.0)
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
-
-
-def storage_size_for(image_size: int) -> int:
-    """Size the loader hands out: the input size for small images, ImageNet's 256/224 margin above."""
-    return image_size if image_size <= SMALL_IMAGE else round(image_size / 0.875)
 
 
 def _load_dataset_dict(path: str):
@@ -212,15 +209,15 @@ def digits_dataset_dict(seed: int = 0):
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
 
-def load_data(data_cfg, image_size: int, mean=None, std=None, seed: int = 0) -> DataBundle:
-    """Read the splits named by the config; `mean`/`std` default to the data's own statistics
-    (in-memory sets) or the dataset's published ones."""
+def load_data(data_cfg, contract: InputContract, seed: int = 0) -> DataBundle:
+    """Read the splits named by the config, decoded as ``contract`` says; a contract without mean/std
+    gets the data's own statistics (in-memory sets) or the dataset's published ones."""
     if data_cfg.format in ("webvision", "clothing1m"):
-        return _load_file_lists(data_cfg, image_size, mean, std, seed)
-    return _load_hf(data_cfg, image_size, mean, std)
+        return _load_file_lists(data_cfg, contract, seed)
+    return _load_hf(data_cfg, contract)
 
 
-def _load_hf(data_cfg, image_size: int, mean, std) -> DataBundle:
+def _load_hf(data_cfg, contract: InputContract) -> DataBundle:
     import datasets
 
     if data_cfg.format == "digits":
@@ -253,34 +250,33 @@ def _load_hf(data_cfg, image_size: int, mean, std) -> DataBundle:
             raise DataError(f"data.label_column: {name} labels span [{labels.min()}, {labels.max()}], "
                             f"allowed 0..{num_classes - 1}")
 
-    storage = storage_size_for(image_size)
+    storage = contract.storage_size
     in_memory = data_cfg.in_memory
     if in_memory is None:
         in_memory = (len(train) + len(test)) * storage * storage * 3 <= IN_MEMORY_BYTES
     if in_memory:
         raw = datasets.Image(decode=False)
-        train_images, train_ok = decode_images(train.cast_column(image_col, raw)[image_col], storage,
-                                               data_cfg.on_bad_image)
-        test_images, test_ok = decode_images(test.cast_column(image_col, raw)[image_col], storage,
-                                             data_cfg.on_bad_image)
-        if mean is None:
-            mean, std = channel_stats(train_images[train_ok])
+        train_images, train_ok = decode_images(train.cast_column(image_col, raw)[image_col],
+                                               contract.train_decoding, data_cfg.on_bad_image)
+        test_images, test_ok = decode_images(test.cast_column(image_col, raw)[image_col],
+                                             contract.eval_decoding, data_cfg.on_bad_image)
+        if contract.mean is None:
+            contract = contract.with_stats(*channel_stats(train_images[train_ok]))
         train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)
     else:
-        train_set = HFImages(train, image_col, storage, data_cfg.on_bad_image)
-        test_set = HFImages(test, image_col, storage, data_cfg.on_bad_image)
-        if mean is None:
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        train_set = HFImages(train, image_col, contract.train_decoding, data_cfg.on_bad_image)
+        test_set = HFImages(test, image_col, contract.eval_decoding, data_cfg.on_bad_image)
+        if contract.mean is None:
+            contract = contract.with_stats(IMAGENET_MEAN, IMAGENET_STD)
     return DataBundle(
         train=train_set, test=test_set,
         train_labels=train_labels, test_labels=test_labels, clean_train_labels=clean,
         num_classes=num_classes, class_names=_class_names(train.features, label_col, num_classes),
-        mean=tuple(mean), std=tuple(std), image_size=image_size, full_train_size=full_train_size,
-        storage_size=storage,
+        contract=contract, full_train_size=full_train_size,
     )
 
 
-def _load_file_lists(data_cfg, image_size: int, mean, std, seed: int) -> DataBundle:
+def _load_file_lists(data_cfg, contract: InputContract, seed: int) -> DataBundle:
     """WebVision / Clothing1M from their standard layouts, decoded lazily in loader workers."""
     from .formats import (CLOTHING1M_MEAN, CLOTHING1M_STD, BalancedSubsetSampler, FileImages, read_clothing1m,
                           read_webvision)
@@ -299,21 +295,22 @@ def _load_file_lists(data_cfg, image_size: int, mean, std, seed: int) -> DataBun
     for name, lst in lists.items():
         if len(lst) == 0:
             raise DataError(f"data.root: the {name} split of {data_cfg.root} is empty")
-    storage = storage_size_for(image_size)
 
     def images(name: str) -> FileImages:
-        return FileImages(lists[name].paths, storage, data_cfg.on_bad_image)
+        decoding = contract.train_decoding if name == "train" else contract.eval_decoding
+        return FileImages(lists[name].paths, decoding, data_cfg.on_bad_image)
 
     train, test = lists["train"], lists["test"]
     sampler = None
     if data_cfg.samples_per_epoch:
         sampler = BalancedSubsetSampler(train.labels, train.num_classes, data_cfg.samples_per_epoch, seed)
-    mean, std = (mean, std) if mean is not None else default_stats
+    if contract.mean is None:
+        contract = contract.with_stats(*default_stats)
     return DataBundle(
         train=images("train"), test=images("test"),
         train_labels=train.labels, test_labels=test.labels, clean_train_labels=None,
         num_classes=train.num_classes, class_names=list(train.class_names),
-        mean=tuple(mean), std=tuple(std), image_size=image_size, full_train_size=full_train_size,
+        contract=contract, full_train_size=full_train_size,
         extra_evals={name: (images(name), lists[name].labels) for name in extra_names if name in lists},
-        train_sampler=sampler, storage_size=storage,
+        train_sampler=sampler,
     )

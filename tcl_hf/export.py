@@ -50,7 +50,7 @@ def publish_run(trainer, metrics: dict, *, repo_id: str | None = None) -> Publis
 
     hub_dir = export_hub_folder(model, trainer.state.prototypes, output_dir / HUB_DIR,
                                 run_config=to_dict(trainer.cfg), metrics=metrics, label_names=data.class_names,
-                                image_size=data.image_size, mean=data.mean, std=data.std, repo_id=repo_id)
+                                contract=data.contract, repo_id=repo_id)
     table = label_issues(given, predicted, clean_prob, clean, data.class_names)
     table["index"] = index[table["index"].to_numpy()]
     issues = write_label_issues(output_dir, table)

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from .contract import Decoding
 from .data import decode_cell
 from .errors import DataError
 
@@ -243,22 +244,21 @@ def read_clothing1m(root: str | Path) -> dict[str, ImageList]:
 
 # ---- lazy images --------------------------------------------------------------------------------
 class FileImages(Dataset):
-    """Images decoded from files when asked for; items are (uint8 [3, size, size], index, ok).
+    """Images decoded from files when asked for; items are (uint8 [3, crop, crop], index, ok).
 
     ``on_bad_image='skip'``: a file that cannot be read gives a zero image and ok=False (the trainer
     leaves it out and counts it); ``'error'``: it raises DataError naming the file.
     """
 
-    def __init__(self, paths, size: int, on_bad_image: str = "skip", resize: int | None = None):
+    def __init__(self, paths, decoding: Decoding, on_bad_image: str = "skip"):
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
-        resize = size if resize is None else resize
-        if resize < size:
-            raise ValueError(f"resize ({resize}) must be >= size ({size})")
+        if decoding.crop > decoding.resize:
+            raise ValueError(f"crop ({decoding.crop}) must not exceed resize ({decoding.resize})")
         # One numpy bytes array instead of a list of str: forked loader workers would otherwise copy
         # every page of a million-string list as they touch the refcounts.
         self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
-        self.size, self.resize, self.on_bad_image = size, resize, on_bad_image
+        self.decoding, self.on_bad_image = decoding, on_bad_image
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -267,10 +267,9 @@ class FileImages(Dataset):
         return os.fsdecode(self._paths[index])
 
     def __getitem__(self, index: int):
-        array, ok = decode_cell({"path": self.path(index)}, self.resize, self.on_bad_image)
-        top = (self.resize - self.size) // 2
+        array, ok = decode_cell({"path": self.path(index)}, self.decoding, self.on_bad_image)
         # A copy: the array PIL hands out is read-only, which torch.from_numpy warns about.
-        return torch.tensor(array[top:top + self.size, top:top + self.size]).permute(2, 0, 1), index, ok
+        return torch.tensor(array).permute(2, 0, 1), index, ok
 
 
 # ---- class-balanced subsets (Clothing1M) ----------------------------------------------------------

@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, save_for_hf
 
+from .contract import InputContract
 from .errors import TCLError
 from .models import CIFAR10_MEAN, CIFAR10_STD, TCLModel, classifier_head
 
@@ -119,23 +120,22 @@ def classifier_from_tcl(model: TCLModel, backbone: str, in_chans: int = 3) -> TC
 
 # ---- Hub folder: weights, timm config, model card ----------------------------------------------------------
 def export_classifier(model: TCLModel, out_dir: str | Path, *, backbone: str, label_names: list[str],
-                      image_size: int, mean, std, in_chans: int = 3) -> Path:
+                      contract: InputContract, in_chans: int = 3) -> Path:
     """Write the classifier as model.safetensors + config.json in timm's format to ``out_dir``.
 
-    ``mean``/``std``/``image_size`` are the training data's; images were resized (bilinear, shorter side)
-    and centre-cropped to ``image_size``, which is what the timm data config written here reproduces.
+    The config's data section is the run's input contract, so ``timm.data.create_transform`` on the loaded
+    model rebuilds the evaluation preprocessing under which the run's accuracy was measured.
     """
     classifier = classifier_from_tcl(model, backbone, in_chans)
-    data_config = {"input_size": (in_chans, image_size, image_size), "mean": tuple(mean), "std": tuple(std),
-                   "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
     # timm leaves the dropout rate out of the recorded model args unless it is given explicitly.
     save_for_hf(classifier, out_dir, model_config={"label_names": list(label_names)},
-                model_args={"drop_rate": classifier.drop_rate}, safe_serialization=True, data_config=data_config)
+                model_args={"drop_rate": classifier.drop_rate}, safe_serialization=True,
+                data_config=contract.timm_data_config(in_chans))
     return Path(out_dir)
 
 
 def export_hub_folder(model: TCLModel, prototypes: torch.Tensor, out_dir: str | Path, *, run_config: dict,
-                      metrics: dict, label_names: list[str], image_size: int, mean, std,
+                      metrics: dict, label_names: list[str], contract: InputContract,
                       repo_id: str | None = None) -> Path:
     """The folder to publish: the timm classifier, the full TCL state and the model card (README.md).
 
@@ -144,7 +144,7 @@ def export_hub_folder(model: TCLModel, prototypes: torch.Tensor, out_dir: str | 
     """
     out_dir = Path(out_dir)
     export_classifier(model, out_dir, backbone=run_config["model"]["backbone"], label_names=label_names,
-                      image_size=image_size, mean=mean, std=std)
+                      contract=contract)
     save_tcl_pretrained(model, prototypes, out_dir, run_config, class_names=list(label_names))
     load_ref = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out_dir}"
     model_card(run_config, metrics, load_ref=load_ref).save(out_dir / "README.md")

@@ -1,7 +1,8 @@
 """Networks: the spec's CIFAR PreAct ResNets as real timm models, and the TCL model (encoder + heads).
 
-Importing this module registers ``preact_resnet18_cifar`` (the reference encoder) and
-``preact_resnet_mini`` (a small one for CPU demos and tests) with timm, so
+Importing this module registers ``preact_resnet18_cifar`` (the reference encoder),
+``preact_resnet18_textbook`` (He et al.'s variant, for comparison) and ``preact_resnet_mini`` (a small
+reference-style one for CPU demos and tests) with timm, so
 ``timm.create_model`` builds them like any other architecture.
 """
 from __future__ import annotations
@@ -17,9 +18,14 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block: BN-ReLU-conv3x3, BN-ReLU-conv3x3, with a 1x1 shortcut when shapes change."""
+    """Pre-activation basic block: a = ReLU(BN1(x)); out = conv3x3(a) -> BN2 -> ReLU -> conv3x3; out + shortcut.
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int):
+    A 1x1 strided conv forms the shortcut when the shape changes, applied to ``a``. For the identity
+    shortcut the two variants differ: TCL's reference adds ``a`` (``identity_from_activation``), the
+    textbook block (He et al., 2016) adds the raw input ``x``.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, identity_from_activation: bool):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_chs)
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
@@ -28,29 +34,42 @@ class PreActBlock(nn.Module):
         self.shortcut = None
         if stride != 1 or in_chs != out_chs:
             self.shortcut = nn.Conv2d(in_chs, out_chs, 1, stride, bias=False)
+        self.identity_from_activation = identity_from_activation
 
     def forward(self, x):
-        out = F.relu(self.bn1(x))
-        # The shortcut taps the pre-activated input, as in He et al.'s pre-activation design.
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        a = F.relu(self.bn1(x))
+        if self.shortcut is not None:
+            shortcut = self.shortcut(a)
+        else:
+            shortcut = a if self.identity_from_activation else x
+        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
         return out + shortcut
 
 
 class PreActResNet(nn.Module):
-    """CIFAR-style PreAct ResNet: 3x3 stride-1 stem, no max-pool, four stages, final BN+ReLU, global pool."""
+    """CIFAR-style PreAct ResNet: 3x3 stride-1 stem, no max-pool, four stages, final BN+ReLU, global pool.
 
-    def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes: int = 10,
-                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0, **kwargs):
+    ``reference=True`` builds TCL's reference network exactly (spec section 1): the stem is
+    conv -> BN -> ReLU and identity shortcuts add the activated input. ``reference=False`` is the
+    textbook pre-activation ResNet (a bare conv stem, identity shortcuts add the block input).
+    At 32x32 input the global pool equals the reference's 4x4 average pool.
+    """
+
+    def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), reference: bool = True,
+                 num_classes: int = 10, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0,
+                 **kwargs):
         super().__init__()
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        self.stem = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        stem = [nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)]
+        if reference:
+            stem += [nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        self.stem = nn.Sequential(*stem)
         stages, in_chs, self.feature_info = [], widths[0], []
         for i, (depth, width) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
-            blocks = [PreActBlock(in_chs if j == 0 else width, width, stride if j == 0 else 1) for j in range(depth)]
+            blocks = [PreActBlock(in_chs if j == 0 else width, width, stride if j == 0 else 1, reference)
+                      for j in range(depth)]
             stages.append(nn.Sequential(*blocks))
             in_chs = width
             self.feature_info.append(dict(num_chs=width, reduction=2 ** i, module=f"stages.{i}"))
@@ -87,12 +106,13 @@ def _cfg(**kwargs):
     return {
         "num_classes": 10, "input_size": (3, 32, 32), "pool_size": (4, 4), "crop_pct": 1.0,
         "interpolation": "bilinear", "mean": CIFAR10_MEAN, "std": CIFAR10_STD,
-        "first_conv": "stem", "classifier": "fc", "license": "apache-2.0", **kwargs,
+        "first_conv": "stem.0", "classifier": "fc", "license": "apache-2.0", **kwargs,
     }
 
 
 default_cfgs = generate_default_cfgs({
     "preact_resnet18_cifar.untrained": _cfg(),
+    "preact_resnet18_textbook.untrained": _cfg(),
     "preact_resnet_mini.untrained": _cfg(),
 })
 
@@ -103,14 +123,25 @@ def _create(variant: str, pretrained: bool, **kwargs) -> PreActResNet:
 
 @register_model
 def preact_resnet18_cifar(pretrained: bool = False, **kwargs) -> PreActResNet:
-    """PreAct ResNet-18 for 32x32 input, the TCL reference encoder on CIFAR (512-d features)."""
-    return _create("preact_resnet18_cifar", pretrained, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), **kwargs)
+    """TCL's reference encoder on CIFAR ("bigresnet18_preact"), exactly: BN+ReLU stem, identity
+    shortcuts from the activated input; 512-d features at 32x32."""
+    return _create("preact_resnet18_cifar", pretrained, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512),
+                   reference=True, **kwargs)
+
+
+@register_model
+def preact_resnet18_textbook(pretrained: bool = False, **kwargs) -> PreActResNet:
+    """The textbook pre-activation ResNet-18 (He et al., 2016) at CIFAR scale: not TCL's reference."""
+    return _create("preact_resnet18_textbook", pretrained, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512),
+                   reference=False, **kwargs)
 
 
 @register_model
 def preact_resnet_mini(pretrained: bool = False, **kwargs) -> PreActResNet:
-    """One block per stage at a quarter width (128-d features): fast enough for CPU demos."""
-    return _create("preact_resnet_mini", pretrained, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), **kwargs)
+    """The reference's structure with one block per stage at a quarter width (128-d features): fast
+    enough for CPU demos and tests."""
+    return _create("preact_resnet_mini", pretrained, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128),
+                   reference=True, **kwargs)
 
 
 def projector_head(in_dim: int, out_dim: int) -> nn.Sequential:

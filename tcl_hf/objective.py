@@ -60,6 +60,7 @@ def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator | None = Non
 
 @dataclass(frozen=True)
 class TCLWeights:
+    con: float = 1.0
     cls: float = 1.0
     align: float = 1.0
     ent: float = 1.0
@@ -103,7 +104,7 @@ def tcl_loss(
            + soft_cross_entropy(logits_mix, target_mix))
     align = soft_cross_entropy(z_mix.float() @ prototypes.float().T / temperature, target_mix)
     ent, ne = entropy_regularizers(torch.cat([logits_q, logits_k, logits_mix]))
-    total = con + weights.cls * cls + weights.align * align + weights.ent * ent + weights.ne * ne
+    total = weights.con * con + weights.cls * cls + weights.align * align + weights.ent * ent + weights.ne * ne
     return {"loss": total, "loss_con": con, "loss_cls": cls, "loss_align": align, "loss_ent": ent, "loss_ne": ne}
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import detector
 from .config import Config, flatten, save_config, to_dict
+from .contract import resolve_input_contract
 from .data import DataBundle, load_data
 from .errors import DataError, StopRequested, TCLError
 from .metrics import detection_metrics, knn_predict
@@ -36,8 +36,14 @@ from .views import Views
 
 
 class GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every process's gradient for our rows (as the reference's
-    GatherLayer), built on public collectives only."""
+    """all_gather whose backward sums, over all processes, the gradient each one's loss sends to our
+    rows, built on public collectives only.
+
+    Every process computes the same full-batch contrastive loss; after DDP averages over the W
+    processes, each parameter gets exactly the gradient of that loss, so 1, 2 or 4 processes at the
+    same total batch train alike. The reference's GatherLayer passes back only the local slot's
+    gradient, which after DDP's averaging is 1/W of the true one (spec section 3): that is what
+    ``tcl.lambda_con = 1/W_ref`` reproduces."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor):
@@ -81,17 +87,6 @@ class RunState:
             setattr(self, key, value)
 
 
-def pretrained_cfg_value(backbone: str, key: str):
-    """A value of the backbone's timm pretrained config (input_size, mean, std), or None."""
-    return getattr(timm.models.get_pretrained_cfg(backbone.split(".")[0]), key, None)
-
-
-def default_image_size(backbone: str) -> int:
-    """The backbone's native input size from its timm pretrained config (224 when it has none)."""
-    size = pretrained_cfg_value(backbone, "input_size")
-    return int(size[-1]) if size else 224
-
-
 class Trainer:
     """Builds everything from a validated ``Config`` and runs TCL (or the CE baseline)."""
 
@@ -126,9 +121,9 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.train_eval_loader = prepared[:4]
         self.eval_loaders = dict(zip(names, prepared[4:]))
         device = self.accelerator.device
-        self.views = Views(self.data.image_size, self.data.mean, self.data.std, cfg.aug.crop_padding,
-                           cfg.aug.strong_scale_min, cfg.aug.hflip,
-                           storage_size=self.data.storage_size).to(device)
+        contract = self.data.contract
+        self.views = Views(contract.size, contract.mean, contract.std, cfg.aug.crop_padding,
+                           cfg.aug.strong_scale_min, cfg.aug.hflip, storage_size=contract.storage_size).to(device)
         self.given_labels = self.given_labels.to(device)
         self.eval_labels = {name: torch.as_tensor(labels, device=device)
                             for name, (_, labels) in self.data.eval_sets.items()}
@@ -148,14 +143,10 @@ class Trainer:
     # ---- construction -------------------------------------------------------------------------
     def _load_data(self) -> DataBundle:
         cfg = self.cfg
-        size = cfg.data.image_size or default_image_size(cfg.model.backbone)
-        mean, std = cfg.data.mean, cfg.data.std
-        if mean is None and (cfg.model.pretrained or cfg.model.pretrained_file):
-            # Pretrained weights expect the statistics they were trained with.
-            mean, std = (pretrained_cfg_value(cfg.model.backbone, k) for k in ("mean", "std"))
+        contract = resolve_input_contract(cfg.data, cfg.model)
         # Decoding happens once per machine; the main process goes first so datasets' cache is warm.
         with self.accelerator.main_process_first():
-            return load_data(cfg.data, size, mean, std, seed=cfg.seed)
+            return load_data(cfg.data, contract, seed=cfg.seed)
 
     def _labels(self, data: DataBundle) -> tuple[torch.Tensor, np.ndarray | None]:
         cfg = self.cfg
@@ -242,7 +233,8 @@ class Trainer:
             labels=self.given_labels[index], confidences=confidences[index],
             prototypes=prototypes, lam=lam, perm=perm, scale1=st.scale1, scale2=st.scale2,
             warmup=warmup, temperature=cfg.tcl.temperature,
-            weights=TCLWeights(cfg.tcl.lambda_cls, cfg.tcl.lambda_align, cfg.tcl.lambda_ent, cfg.tcl.lambda_ne),
+            weights=TCLWeights(cfg.tcl.lambda_con, cfg.tcl.lambda_cls, cfg.tcl.lambda_align, cfg.tcl.lambda_ent,
+                               cfg.tcl.lambda_ne),
             gather=self._gather_with_grad if self.accelerator.num_processes > 1 else None,
         )
 

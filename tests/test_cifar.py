@@ -23,10 +23,11 @@ def parquet_labels(cifar10_dir, split, n):
 
 
 def test_load_data_reads_cifar10_in_canonical_order(cifar10_dir):
+    from tcl_hf.contract import InputContract
     from tcl_hf.data import load_data
 
     cfg = load_config(None, [f"data.path={cifar10_dir}", "data.limit=64"])
-    data = load_data(cfg.data, 32)
+    data = load_data(cfg.data, InputContract(32, 32, 1.0, "bilinear"))
     assert len(data.train) == 64 and len(data.test) == 64
     assert data.full_train_size == 50000
     first = data.train[0][0]

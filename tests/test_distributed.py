@@ -52,21 +52,70 @@ def worker(weights: str, out: str, limit: int, sync_bn: bool, train_steps: int) 
         torch.save(params, out_dir / f"params_{acc.process_index}.pt")
 
 
-def launch_all(weights: str, root: str) -> None:
-    """Each launch in turn; a failure is recorded for its own test instead of stopping the others."""
+# The contrastive-gradient check: a total batch of GLOBAL_BATCH fixed images, LAMBDA_CON != 1.
+GLOBAL_BATCH, LAMBDA_CON = 16, 0.25
+
+
+def fixed_views() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 'views' of GLOBAL_BATCH images, the same on every process and in the single-process run."""
+    generator = torch.Generator().manual_seed(123)
+    return (torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=generator),
+            torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=generator))
+
+
+def contrastive_gradients(trainer, rows: slice) -> torch.Tensor:
+    """Parameter gradients of one backward of the TCL loss with only L_con weighted (LAMBDA_CON), on
+    this process's `rows` of the fixed views; the model in eval mode, so batch-norm statistics do not
+    depend on how the batch is split and only the gather can make the processes differ."""
+    from tcl_hf.objective import TCLWeights, tcl_loss
+
+    acc = trainer.accelerator
+    x_q, x_k = (x[rows].to(acc.device) for x in fixed_views())
+    b = x_q.shape[0]
+    trainer.model.eval()
+    z, logits = trainer.model(torch.cat([x_q, x_k]))
+    z_q, z_k = z.split([b, b])
+    logits_q, logits_k = logits.split([b, b])
+    labels = torch.arange(b, device=acc.device) % trainer.num_classes
+    gather = trainer._gather_with_grad if acc.num_processes > 1 else None
+    terms = tcl_loss(z_q, z_k, z_q.repeat(3, 1), logits_q, logits_k, logits_q.repeat(3, 1), labels=labels,
+                     confidences=torch.ones(b, device=acc.device),
+                     prototypes=torch.eye(trainer.num_classes, z.shape[1], device=acc.device), lam=1.0,
+                     perm=torch.arange(3 * b, device=acc.device), scale1=1.0, scale2=1.0, warmup=False,
+                     temperature=0.25, weights=TCLWeights(con=LAMBDA_CON, cls=0.0, align=0.0, ent=0.0, ne=0.0),
+                     gather=gather)
+    acc.backward(terms["loss"])
+    return torch.cat([p.grad.detach().flatten() for p in acc.unwrap_model(trainer.model).parameters()])
+
+
+def contrastive_worker(weights: str, out: str) -> None:
+    trainer = build_trainer(Path(out) / "run", 96, False, Path(weights))
+    acc = trainer.accelerator
+    per_process = GLOBAL_BATCH // acc.num_processes
+    rows = slice(acc.process_index * per_process, (acc.process_index + 1) * per_process)
+    torch.save(contrastive_gradients(trainer, rows), Path(out) / f"grads_{acc.process_index}.pt")
+
+
+def launch(fn, args: tuple, out: Path) -> None:
+    """One two-process launch; a failure is recorded for its own test instead of stopping the others."""
     from accelerate import debug_launcher
 
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        debug_launcher(fn, args=args, num_processes=2)
+        (out / "status.txt").write_text("ok")
+    except Exception as exc:  # the child's error, reported by the test that needs this launch
+        lines = str(exc).strip().splitlines()
+        (out / "status.txt").write_text(lines[-1] if lines else type(exc).__name__)
+
+
+def launch_all(weights: str, root: str) -> None:
     import tcl_hf.trainer  # noqa: F401  (imported once here, the forked children share it)
 
     for name, limit, sync_bn, steps in LAUNCHES:
         out = Path(root) / name
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            debug_launcher(worker, args=(weights, str(out), limit, sync_bn, steps), num_processes=2)
-            (out / "status.txt").write_text("ok")
-        except Exception as exc:  # the child's error, reported by the test that needs this launch
-            lines = str(exc).strip().splitlines()
-            (out / "status.txt").write_text(lines[-1] if lines else type(exc).__name__)
+        launch(worker, (weights, str(out), limit, sync_bn, steps), out)
+    launch(contrastive_worker, (weights, str(Path(root) / "contrastive")), Path(root) / "contrastive")
 
 
 def reset_accelerate() -> None:
@@ -155,6 +204,19 @@ def test_training_step_keeps_replicas_identical(launched):
     assert torch.isfinite(p0).all()
     assert torch.allclose(p0, p1, atol=1e-6)
     assert not torch.allclose(p0, saved_parameters(launched)), "the step changed nothing"
+
+
+def test_contrastive_gradient_is_exact_across_processes(launched):
+    """The gather is exact: two processes with half the batch each give the single-process gradients
+    of the whole batch, here with lambda_con = 0.25 (the weight the paper recipes use)."""
+    assert status(launched, "contrastive") == "ok"
+    trainer = build_trainer(launched / "single_contrastive", 96, False, launched / "weights.pt")
+    assert trainer.accelerator.num_processes == 1
+    single = contrastive_gradients(trainer, slice(0, GLOBAL_BATCH))
+    assert single.abs().max() > 1e-4, "the check needs a non-zero gradient"
+    for rank in (0, 1):
+        got = torch.load(launched / "contrastive" / f"grads_{rank}.pt")
+        assert torch.allclose(got, single, rtol=1e-4, atol=1e-7), (rank, (got - single).abs().max())
 
 
 def test_default_sync_bn_works_on_cpu_processes(launched):

@@ -13,6 +13,7 @@ from fixtures import CLOTHING_NAMES, make_clothing1m, make_webvision, write_line
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from tcl_hf.contract import Decoding
 from tcl_hf.errors import DataError
 from tcl_hf.formats import (BalancedSubsetSampler, FileImages, ImageList, balanced_subset, class_quotas,
                             read_clothing1m, read_webvision)
@@ -185,6 +186,10 @@ def test_clothing1m_key_list_with_labels_is_refused(tmp_path):
 
 
 # ---- FileImages ---------------------------------------------------------------------------------
+def bilinear(resize: int, crop: int | None = None) -> Decoding:
+    return Decoding(resize, resize if crop is None else crop, "bilinear")
+
+
 @pytest.fixture(scope="module")
 def webvision(tmp_path_factory):
     return make_webvision(tmp_path_factory.mktemp("data") / "wv")
@@ -192,7 +197,7 @@ def webvision(tmp_path_factory):
 
 def test_every_mode_decodes_to_its_colour(webvision):
     paths = sorted(webvision.colours)
-    images = FileImages(paths, 16)
+    images = FileImages(paths, bilinear(16))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. PIL's palette-transparency warning, once per image in workers
         items = [images[i] for i in range(len(paths))]
@@ -204,12 +209,12 @@ def test_every_mode_decodes_to_its_colour(webvision):
 
 def test_bad_files_skip_or_raise(webvision):
     corrupt, missing, truncated = (sorted(s)[0] for s in (webvision.corrupt, webvision.missing, webvision.truncated))
-    skipping = FileImages([corrupt, missing, truncated], 12)
+    skipping = FileImages([corrupt, missing, truncated], bilinear(12))
     for i in (0, 1):
         image, index, ok = skipping[i]
         assert not ok and index == i and image.shape == (3, 12, 12) and not image.any()
     assert skipping[2][2]  # truncated JPEGs decode (LOAD_TRUNCATED_IMAGES), the rest comes out grey
-    raising = FileImages([corrupt, missing, truncated], 12, on_bad_image="error")
+    raising = FileImages([corrupt, missing, truncated], bilinear(12), on_bad_image="error")
     for i, path in ((0, corrupt), (1, missing)):
         with pytest.raises(DataError, match=rf"^image {path}: cannot be read \(.+\); set data.on_bad_image=skip"):
             raising[i]
@@ -236,24 +241,24 @@ def test_shorter_side_resize_then_centre_crop(tmp_path, shape):
     path = _bands(tmp_path, *shape)
     green = torch.tensor([0, 255, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 10, 10)
     # Shorter side already 20: the centre 20x20 square is exactly the green third.
-    assert torch.equal(FileImages([path], 20)[0][0], green.expand(3, 10, 10).repeat(1, 2, 2))
+    assert torch.equal(FileImages([path], bilinear(20))[0][0], green.expand(3, 10, 10).repeat(1, 2, 2))
     # Resize 20 (no-op), then the centre 10x10 of the green square.
-    assert torch.equal(FileImages([path], 10, resize=20)[0][0], green)
+    assert torch.equal(FileImages([path], bilinear(20, crop=10))[0][0], green)
     # Straight to 10: halved, so the crop is the (resampled) green third; its centre stays pure green.
-    image = FileImages([path], 10)[0][0]
+    image = FileImages([path], bilinear(10))[0][0]
     assert torch.equal(image[:, 3:7, 3:7], green[:, :4, :4])
 
 
 def test_resize_smaller_than_size_is_refused():
-    with pytest.raises(ValueError, match="resize"):
-        FileImages([], 32, resize=16)
+    with pytest.raises(ValueError, match="crop"):
+        FileImages([], bilinear(16, crop=32))
 
 
 def test_loader_workers_flag_bad_images(webvision):
     paths = [p for p, _ in webvision.splits["train"]]
     bad = {i for i, p in enumerate(paths) if p in webvision.corrupt | webvision.missing}
     assert len(bad) == 2
-    loader = DataLoader(FileImages(paths, 8), batch_size=5, num_workers=2)
+    loader = DataLoader(FileImages(paths, bilinear(8)), batch_size=5, num_workers=2)
     seen, flagged = [], set()
     for images, indices, ok in loader:
         assert images.shape == (len(indices), 3, 8, 8)
@@ -265,7 +270,7 @@ def test_loader_workers_flag_bad_images(webvision):
 
 def test_error_from_a_worker_still_names_the_file(webvision):
     path = sorted(webvision.corrupt)[0]
-    loader = DataLoader(FileImages([path], 8, on_bad_image="error"), batch_size=1, num_workers=1)
+    loader = DataLoader(FileImages([path], bilinear(8), on_bad_image="error"), batch_size=1, num_workers=1)
     with pytest.raises(DataError) as info:
         next(iter(loader))
     # torch re-raises worker errors with the worker's traceback; the original message is the last line.
@@ -280,13 +285,14 @@ def test_error_from_a_worker_still_names_the_file(webvision):
 def test_load_data_reads_clothing1m_lazily(tmp_path):
     from types import SimpleNamespace
 
+    from tcl_hf.contract import InputContract
     from tcl_hf.data import load_data
 
     layout = make_clothing1m(tmp_path / "c1m")
     lists = read_clothing1m(layout.root)
     cfg = SimpleNamespace(format="clothing1m", root=str(layout.root), limit=None, on_bad_image="skip",
                           samples_per_epoch=None, num_classes=None, imagenet_val=None)
-    bundle = load_data(cfg, 24)
+    bundle = load_data(cfg, InputContract(24, 24, 1.0, "bilinear"))
     assert len(bundle.train) == len(lists["train"]) and len(bundle.test) == len(lists["test"])
     assert np.array_equal(bundle.train_labels, lists["train"].labels) and bundle.clean_train_labels is None
     assert bundle.num_classes == 14 and bundle.class_names == list(CLOTHING_NAMES) and bundle.full_train_size == 42

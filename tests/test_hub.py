@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from tcl_hf import hub
 from tcl_hf.config import Config, load_config, to_dict
+from tcl_hf.contract import InputContract
 from tcl_hf.errors import TCLError
 from tcl_hf.models import TCLModel
 
@@ -52,6 +53,8 @@ def run_config(**changes) -> dict:
     return tree
 
 
+SMALL = InputContract(size=16, storage_size=16, crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3,
+                      std=(0.25,) * 3)
 METRICS = {"test_acc": 0.8125, "knn_acc": 0.75, "noise_auc": 0.9375, "noise_precision": 0.6, "noise_recall": 0.7,
            "noise_acc": 0.85, "noise_rate": 0.4, "clean_ratio_est": 0.55, "epochs_completed": 3}
 
@@ -61,8 +64,8 @@ METRICS = {"test_acc": 0.8125, "knn_acc": 0.75, "noise_auc": 0.9375, "noise_prec
 def test_local_dir_round_trip_gives_the_trained_logits(tmp_path, backbone):
     model = trained_like(backbone)
     names = ["cat", "dog", "frog", "ship"]
-    out = hub.export_classifier(model, tmp_path / "hub", backbone=backbone, label_names=names, image_size=16,
-                                mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    out = hub.export_classifier(model, tmp_path / "hub", backbone=backbone, label_names=names,
+                                contract=SMALL.with_stats((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
     loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
@@ -86,7 +89,7 @@ def test_local_dir_round_trip_gives_the_trained_logits(tmp_path, backbone):
 def test_export_loads_with_other_class_counts_for_fine_tuning(tmp_path):
     model = trained_like("preact_resnet_mini")
     out = hub.export_classifier(model, tmp_path, backbone="preact_resnet_mini", label_names=list("abcd"),
-                                image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+                                contract=SMALL)
     x = torch.randn(3, 3, 16, 16)
     three = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=3).eval()
     features = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=0).eval()
@@ -101,7 +104,7 @@ def test_export_loads_with_other_class_counts_for_fine_tuning(tmp_path):
 def test_import_tcl_hf_is_enough_to_load_an_export(tmp_path):
     model = trained_like("preact_resnet_mini")
     out = hub.export_classifier(model, tmp_path / "hub", backbone="preact_resnet_mini", label_names=list("abcd"),
-                                image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+                                contract=SMALL)
     torch.manual_seed(1)
     x = torch.randn(2, 3, 16, 16)
     torch.save(x, tmp_path / "x.pt")
@@ -163,8 +166,7 @@ def test_model_card_parses_with_metadata_and_metrics(tmp_path):
     cfg = run_config(model__backbone="preact_resnet_mini", data__path="uoft-cs/cifar10", noise__type="sym",
                      noise__rate=0.4)
     out = hub.export_hub_folder(model, torch.zeros(10, 8), tmp_path / "hub", run_config=cfg, metrics=METRICS,
-                                label_names=[f"c{k}" for k in range(10)], image_size=16, mean=(0.5,) * 3,
-                                std=(0.25,) * 3, repo_id="user/tcl-cifar10")
+                                label_names=[f"c{k}" for k in range(10)], contract=SMALL, repo_id="user/tcl-cifar10")
     assert {p.name for p in out.iterdir()} == HUB_FILES
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "timm"
@@ -195,7 +197,7 @@ def hub_folder(tmp_path):
     model = trained_like("preact_resnet_mini", num_classes=3)
     return hub.export_hub_folder(model, torch.zeros(3, 8), tmp_path / "hub", metrics=METRICS,
                                  run_config=run_config(model__backbone="preact_resnet_mini"),
-                                 label_names=["a", "b", "c"], image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+                                 label_names=["a", "b", "c"], contract=SMALL)
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """The CIFAR PreAct ResNets as timm models (spec section 1) and the TCL heads."""
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import tcl_hf  # noqa: F401  (registers the architectures with timm)
 from tcl_hf.models import TCLModel
@@ -45,8 +47,10 @@ def block(cin, cout):
 
 def test_preact_resnet18_structure_matches_the_spec():
     model = timm.create_model("preact_resnet18_cifar")
-    stem = model.stem
-    assert isinstance(stem, nn.Conv2d) and stem.kernel_size == (3, 3) and stem.stride == (1, 1)
+    conv, norm, act = model.stem
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    # The reference's stem is conv -> BN -> ReLU (spec section 1), unlike the textbook variant.
+    assert isinstance(norm, nn.BatchNorm2d) and isinstance(act, nn.ReLU)
     assert count(model, nn.MaxPool2d) == 0
     convs3 = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     # 18 layers: the stem, 4 stages x 2 blocks x 2 convs, and the classifier.
@@ -57,10 +61,73 @@ def test_preact_resnet18_structure_matches_the_spec():
     assert [m.stride for m in convs3 if m.stride != (1, 1)] == [(2, 2)] * 3
     # Final BN + ReLU before pooling.
     assert isinstance(model.norm, nn.BatchNorm2d) and model.norm.num_features == 512
-    # Parameters of that architecture counted by hand (stem, 8 blocks, final BN, fc).
-    expected = (conv3x3(3, 64) + block(64, 64) + block(64, 64) + block(64, 128) + block(128, 128)
+    # Parameters of that architecture counted by hand (stem conv + BN, 8 blocks, final BN, fc).
+    expected = (conv3x3(3, 64) + bn(64) + block(64, 64) + block(64, 64) + block(64, 128) + block(128, 128)
                 + block(128, 256) + block(256, 256) + block(256, 512) + block(512, 512) + bn(512) + 512 * 10 + 10)
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_encoder_parameter_count_equals_the_reference():
+    # The reference's bigresnet18_preact without any head: 11,167,168 parameters (spec section 1);
+    # the textbook variant lacks the stem's BatchNorm (128 parameters).
+    encoder = timm.create_model("preact_resnet18_cifar", num_classes=0)
+    assert sum(p.numel() for p in encoder.parameters()) == 11_167_168
+    textbook = timm.create_model("preact_resnet18_textbook", num_classes=0)
+    assert sum(p.numel() for p in textbook.parameters()) == 11_167_040
+
+
+def randomize_batchnorm(model: nn.Module) -> None:
+    """Non-trivial BN statistics and affine parameters, so every BN visibly changes the output."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
+def spec_encoder_forward(params: dict, x: torch.Tensor, training: bool, identity_from_activation: bool = True):
+    """Spec section 1 stated with torch.nn.functional on a state dict: stem conv -> BN -> ReLU; per block
+    a = ReLU(BN1(x)), s = 1x1 conv(a) when the shape changes else a, out = conv(ReLU(BN2(conv(a)))) + s;
+    ReLU(BN(x)) after stage 4; 4x4 average pool -> 512-d."""
+    def bn(t, prefix):
+        return F.batch_norm(t, params[f"{prefix}.running_mean"].clone(), params[f"{prefix}.running_var"].clone(),
+                            params[f"{prefix}.weight"], params[f"{prefix}.bias"], training=training, eps=1e-5)
+
+    out = F.relu(bn(F.conv2d(x, params["stem.0.weight"], padding=1), "stem.1"))
+    for stage in range(4):
+        for j in range(2):
+            p = f"stages.{stage}.{j}"
+            stride = 2 if stage > 0 and j == 0 else 1
+            a = F.relu(bn(out, f"{p}.bn1"))
+            if f"{p}.shortcut.weight" in params:
+                s = F.conv2d(a, params[f"{p}.shortcut.weight"], stride=stride)
+            else:
+                s = a if identity_from_activation else out
+            h = F.conv2d(a, params[f"{p}.conv1.weight"], stride=stride, padding=1)
+            h = F.conv2d(F.relu(bn(h, f"{p}.bn2")), params[f"{p}.conv2.weight"], padding=1)
+            out = h + s
+    out = F.relu(bn(out, "norm"))
+    return F.avg_pool2d(out, 4).flatten(1)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_reference_encoder_forward_equals_the_spec_equations(training):
+    torch.manual_seed(0)
+    model = timm.create_model("preact_resnet18_cifar", num_classes=0)
+    randomize_batchnorm(model)
+    model.train(training)
+    x = torch.randn(4, 3, 32, 32)
+    params = dict(model.state_dict())
+    with torch.no_grad():
+        expected = spec_encoder_forward(params, x, training)
+        got = model(x)
+    assert got.shape == (4, 512)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    # The statement is sharp enough to tell the textbook block apart (it adds x, not ReLU(BN1(x))).
+    with torch.no_grad():
+        textbook = spec_encoder_forward(params, x, training, identity_from_activation=False)
+    assert (textbook - expected).abs().max() > 1e-2
 
 
 def test_save_for_hf_round_trip(tmp_path):

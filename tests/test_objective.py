@@ -180,7 +180,7 @@ LAM = 0.7
 PERM = [2, 0, 5, 1, 3, 4]
 SCALE1, SCALE2 = 0.8, 0.5
 TEMP = 0.5
-WEIGHTS = TCLWeights(cls=0.5, align=2.0, ent=0.3, ne=0.7)
+WEIGHTS = TCLWeights(con=0.25, cls=0.5, align=2.0, ent=0.3, ne=0.7)
 
 
 def hand_targets(warmup):
@@ -205,7 +205,7 @@ def hand_terms(warmup):
     align = py_ce(align_logits, t_mix)
     ent, ne = py_entropies(LOGITS_Q + LOGITS_K + LOGITS_MIX)
     con = info_nce_by_hand(TEMP)
-    total = con + WEIGHTS.cls * cls + WEIGHTS.align * align + WEIGHTS.ent * ent + WEIGHTS.ne * ne
+    total = WEIGHTS.con * con + WEIGHTS.cls * cls + WEIGHTS.align * align + WEIGHTS.ent * ent + WEIGHTS.ne * ne
     return {"loss": total, "loss_con": con, "loss_cls": cls, "loss_align": align, "loss_ent": ent, "loss_ne": ne}
 
 

@@ -21,7 +21,7 @@ def test_pretrained_file_weights_reach_the_encoder(tmp_path):
     encoder = trainer.accelerator.unwrap_model(trainer.model).encoder
     assert torch.equal(encoder.conv1.weight.cpu(), reference.conv1.weight)
     # Pretrained weights come with their own normalisation statistics (ImageNet's for resnet18).
-    assert trainer.data.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert trainer.data.contract.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_unreachable_pretrained_weights_give_one_line(tmp_path, monkeypatch):

@@ -32,7 +32,22 @@ def test_all_required_recipes_ship():
 def test_recipe_validates(recipe, tmp_path):
     cfg = load_config(recipe, _paths_that_exist(recipe, tmp_path))
     assert cfg.output_dir == f"runs/{recipe.stem}"
-    assert cfg.train.mixed_precision is None  # precision is the launcher's unless a recipe insists
+
+
+@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.stem != "quickstart"], ids=lambda p: p.stem)
+def test_paper_recipes_pin_the_reference_objective_and_precision(recipe, tmp_path):
+    cfg = load_config(recipe, _paths_that_exist(recipe, tmp_path))
+    # The reference's 1/W contrastive gradient on its W = 4 GPUs, with our exact gather (spec section 3).
+    assert cfg.tcl.lambda_con == 0.25
+    # fp32 as the reference, whatever an accelerate config file says; the command line can still choose bf16.
+    assert cfg.train.mixed_precision == "no"
+    assert load_config(recipe, [*_paths_that_exist(recipe, tmp_path),
+                                "train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+
+
+def test_quickstart_leaves_precision_to_the_launcher():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    assert cfg.train.mixed_precision is None and cfg.tcl.lambda_con == 1.0
 
 
 @pytest.mark.parametrize("recipe", [p for p in RECIPES if p.stem.startswith("cifar")], ids=lambda p: p.stem)

@@ -203,6 +203,7 @@ def test_empty_split_is_refused(tmp_path):
 def test_odd_sizes_and_modes_are_converted(tmp_path):
     from PIL import Image
 
+    from tcl_hf.contract import InputContract
     from tcl_hf.data import load_data
 
     images = [Image.new("L", (5, 9), 40), Image.new("RGBA", (30, 12), (1, 2, 3, 4)),
@@ -210,7 +211,7 @@ def test_odd_sizes_and_modes_are_converted(tmp_path):
               Image.new("I;16", (11, 13), 300)]
     path = _parquet_dataset(tmp_path, [0, 1, 0, 1, 0, 1], [0, 1], images=images)
     cfg = load_config(None, ["data.format=hf", f"data.path={path}"])
-    bundle = load_data(cfg.data, 16)
+    bundle = load_data(cfg.data, InputContract(16, 16, 1.0, "bilinear"))
     assert tuple(bundle.train.images.shape) == (6, 3, 16, 16)
     assert bundle.train.images.dtype.is_floating_point is False
 
