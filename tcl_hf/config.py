@@ -344,6 +344,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def validate(cfg: Config) -> None:
     """Cross-key checks that a single field's type cannot express."""
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir: must not be empty (an empty value would train into the current folder); "
+                          "name a folder, e.g. output_dir=runs/my_run")
     if cfg.noise.type in ("file", "cifarn") and not cfg.noise.file:
         what = ("a .npy with one label per training sample" if cfg.noise.type == "file"
                 else "CIFAR-10_human.pt or CIFAR-100_human.pt")

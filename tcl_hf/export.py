@@ -18,8 +18,7 @@ from .config import to_dict
 from .errors import TCLError
 from .hub import export_hub_folder, push_folder
 from .report import label_issues, make_plots, write_label_issues
-
-HUB_DIR = "hub"
+from .rundir import CONFIG_FILE, HUB_DIR, SUMMARY_FILE
 
 
 @dataclass
@@ -76,7 +75,7 @@ def export_finished_run(run_dir: str | Path, repo_id: str | None = None) -> Publ
     from .trainer import Trainer
 
     run_dir = Path(run_dir)
-    recipe = run_dir / "config.yaml"
+    recipe = run_dir / CONFIG_FILE
     if not recipe.is_file():
         raise TCLError(f"{recipe} does not exist; RUN_DIR must be the output_dir of a tcl_hf run")
     overrides = ["train.resume=true", "log.with=null", "log.progress=false"]
@@ -95,7 +94,7 @@ def export_finished_run(run_dir: str | Path, repo_id: str | None = None) -> Publ
 
 
 def _summary(run_dir: Path) -> dict:
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .errors import TCLError
-
-LABEL_ISSUES_FILE = "label_issues.csv"
-METRICS_FILE = "metrics.jsonl"
-PLOTS_DIR = "plots"
+from .rundir import LABEL_ISSUES_FILE, PLOTS_DIR, read_metrics
 NOISY_BELOW = 0.5  # the trainer's rule: a label is called noisy when its clean probability is below this
 
 
@@ -66,22 +62,6 @@ def load_label_issues(output_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise TCLError(f"{path} does not exist; make it for a finished run with: python -m tcl_hf.export {output_dir}")
     return pd.read_csv(path)
-
-
-def read_metrics(output_dir: str | Path) -> list[dict]:
-    """The per-epoch records of ``<output_dir>/metrics.jsonl`` (empty when the file is absent)."""
-    path = Path(output_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise TCLError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-    return records
 
 
 def clean_prob_groups(clean_prob, given, clean=None, class_names: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -31,7 +30,7 @@ from .models import TCLModel
 from .noise import make_noisy_labels
 from .objective import TCLWeights, ce_loss, mixup, tcl_loss
 from .optim import build_optimizer, lr_at, scaled_lr
-from .rundir import atomic_write_text, checkpoint_dirs, checkpoint_name, prepare_output_dir
+from . import rundir
 from .views import Views
 
 
@@ -62,6 +61,9 @@ class GatherWithGrad(torch.autograd.Function):
         return stacked[dist.get_rank()]
 
 
+RUN_STATE_TENSORS, RUN_STATE_JSON = "run_state.safetensors", "run_state.json"
+
+
 class RunState:
     """Everything besides model/optimizer/RNG that a resumed run needs: progress and EM state."""
 
@@ -79,12 +81,31 @@ class RunState:
         self.scale1 = 0.0
         self.scale2 = 0.0
 
-    def state_dict(self) -> dict:
-        return dict(vars(self))
+    TENSORS = ("confidences", "assignments", "prototypes")
 
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
+    def save(self, folder: Path) -> None:
+        """Tensors as safetensors, the rest as JSON: a checkpoint's own state never needs unpickling."""
+        safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in self.TENSORS},
+                                    str(folder / RUN_STATE_TENSORS))
+        scalars = {k: v for k, v in vars(self).items() if k not in self.TENSORS}
+        (folder / RUN_STATE_JSON).write_text(json.dumps(scalars, indent=1) + "\n")
+
+    def load(self, folder: Path) -> None:
+        tensors = safetensors.torch.load_file(str(folder / RUN_STATE_TENSORS))
+        scalars = json.loads((folder / RUN_STATE_JSON).read_text())
+        expected = {k: tuple(getattr(self, k).shape) for k in self.TENSORS}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if found != expected or set(scalars) != set(vars(self)) - set(self.TENSORS):
+            raise ValueError(f"run state does not match this run (tensors {found}, expected {expected})")
+        for key, value in {**scalars, **tensors}.items():
             setattr(self, key, value)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGINT to the main process: a scheduler signals the whole process group,
+    and a worker dying first would take the main process down before it saves its checkpoint."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Trainer:
@@ -104,9 +125,10 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
             kwargs_handlers=[ddp_kwargs],
         )
-        # Refuse a clash with another run before spending time on data or models.
-        prepare_output_dir(self.output_dir, cfg.train.resume, cfg.overwrite, to_dict(cfg),
-                           self.accelerator.is_main_process)
+        # One run per folder: take the lock, then refuse a clash with another run before spending time
+        # on data or models (nothing is removed before the new run is ready to train).
+        self._lock = self._lock_output_dir()
+        rundir.check_reuse(self.output_dir, cfg.train.resume, cfg.overwrite, to_dict(cfg))
         self.accelerator.wait_for_everyone()
         set_seed(cfg.seed)
         self._stop_signal: int | None = None
@@ -130,7 +152,6 @@ class Trainer:
         self.bad_counts: dict[str, int] = {}
         n = len(self.data.train)
         self.state = RunState(n, self.num_classes, cfg.model.proj_dim)
-        self.accelerator.register_for_checkpointing(self.state)
         self.total_batch = cfg.train.batch_size * self.accelerator.num_processes * cfg.train.grad_accum_steps
         self.peak_lr = scaled_lr(cfg.optim.lr, self.total_batch, cfg.optim.scale_lr)
         self.steps_per_epoch = max(len(self.train_loader) // cfg.train.grad_accum_steps, 1)
@@ -138,9 +159,31 @@ class Trainer:
         self.train_probs: torch.Tensor | None = None  # class probabilities of every training sample
         self.train_bad: torch.Tensor | None = None    # training images that could not be read
         self._last_em: dict = {}
+        self._resumed_from: Path | None = None
         self._em_device_copy: tuple | None = None
 
     # ---- construction -------------------------------------------------------------------------
+    def _lock_output_dir(self) -> rundir.RunLock | None:
+        """The main process holds the folder's lock; every process stops if it could not be taken."""
+        acc = self.accelerator
+        rundir.check_writable(self.output_dir)
+        lock, problem = None, None
+        if acc.is_main_process:
+            try:
+                lock = rundir.RunLock(self.output_dir).acquire()
+            except TCLError as exc:
+                problem = exc
+        if self._any_process(problem is not None):
+            raise problem or TCLError(f"output_dir: {self.output_dir} is in use by another tcl_hf run")
+        return lock
+
+    def _any_process(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any (a collective when there are several)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        total = self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum")
+        return bool(total > 0)
+
     def _load_data(self) -> DataBundle:
         cfg = self.cfg
         contract = resolve_input_contract(cfg.data, cfg.model)
@@ -202,11 +245,11 @@ class Trainer:
         train = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=sampler is None,
                            sampler=sampler, drop_last=True, num_workers=workers,
                            pin_memory=torch.cuda.is_available(), generator=own_generator(),
-                           persistent_workers=workers > 0)
+                           persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals)
         train_eval = DataLoader(self.data.train, batch_size=eval_batch, shuffle=False, num_workers=workers,
-                                generator=own_generator())
+                                generator=own_generator(), worker_init_fn=ignore_stop_signals)
         evals = {name: DataLoader(dataset, batch_size=eval_batch, shuffle=False, num_workers=workers,
-                                  generator=own_generator())
+                                  generator=own_generator(), worker_init_fn=ignore_stop_signals)
                  for name, (dataset, _) in self.data.eval_sets.items()}
         return train, train_eval, evals
 
@@ -405,40 +448,31 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write to a hidden folder, then rename: a half-written checkpoint is never picked up."""
+        """Written aside with a manifest, then renamed: a half-written checkpoint is never picked up."""
         acc = self.accelerator
-        root = self.output_dir / "checkpoints"
-        final = root / checkpoint_name(self.state.step)
-        tmp = root / f".tmp-{final.name}"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        try:
-            acc.save_state(str(tmp))
-        except OSError as exc:
+
+        def write(folder: Path) -> None:
+            acc.save_state(str(folder))
             if acc.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-            kept = checkpoint_dirs(self.output_dir)
-            raise TCLError(f"could not write checkpoint {final} ({exc.strerror or exc}); "
-                           f"the previous one is intact: {kept[-1] if kept else 'none yet'}") from None
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in checkpoint_dirs(self.output_dir)[:-self.cfg.train.checkpoints_to_keep]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
-        return final
+                self.state.save(folder)
+
+        return rundir.write_checkpoint(self.output_dir, self.state.step, write, self.cfg.train.checkpoints_to_keep,
+                                       acc.is_main_process, acc.wait_for_everyone)
 
     def resume(self) -> bool:
-        """Load the newest complete checkpoint; False when there is none."""
-        found = checkpoint_dirs(self.output_dir)
-        if not found:
-            return False
-        self.accelerator.load_state(str(found[-1]))
+        """Load the newest complete and loadable checkpoint, naming any skipped; False when there is none."""
+        acc = self.accelerator
+
+        def load(folder: Path) -> None:
+            acc.load_state(str(folder))
+            self.state.load(folder)
+
+        found, skipped = rundir.load_newest_checkpoint(self.output_dir, load, self._any_process)
+        for note in skipped:
+            acc.print(f"skipped checkpoint {note}")
         self._train_bank = None
-        return True
+        self._resumed_from = found
+        return found is not None
 
     # ---- the whole run --------------------------------------------------------------------------
     def _record(self, epoch: int, losses: dict) -> dict:
@@ -446,18 +480,6 @@ class Trainer:
                   "scale1": self.state.scale1, "scale2": self.state.scale2}
         bad = sum(self.bad_counts.values())
         return {**record, "bad_images": bad} if bad else record
-
-    def _metrics_path(self) -> Path:
-        return self.output_dir / "metrics.jsonl"
-
-    def _trim_metrics(self, last_epoch: int) -> None:
-        """Drop lines written after the checkpoint we resume from (the run died before saving)."""
-        path = self._metrics_path()
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
-        path.write_text("".join(line + "\n" for line in kept))
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:
@@ -477,6 +499,8 @@ class Trainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+            if self._lock is not None:
+                self._lock.release()
 
     def _run(self) -> dict:
         cfg, acc, st = self.cfg, self.accelerator, self.state
@@ -485,12 +509,16 @@ class Trainer:
             acc.init_trackers(cfg.log.project, config=flatten(to_dict(cfg)),
                               init_kwargs={"wandb": {"name": cfg.log.run_name, "dir": str(self.output_dir)}})
         if acc.is_main_process:
-            save_config(cfg, self.output_dir / "config.yaml")
+            if cfg.overwrite and not cfg.train.resume:
+                # The new run has its data and model: only now may the previous run's outputs go.
+                rundir.clear_previous_outputs(self.output_dir)
+            save_config(cfg, self.output_dir / rundir.CONFIG_FILE)
+        acc.wait_for_everyone()
         resumed = cfg.train.resume and self.resume()
         if resumed:
-            acc.print(f"resumed from {checkpoint_dirs(self.output_dir)[-1]} (epoch {st.epoch}, step {st.step})")
+            acc.print(f"resumed from {self._resumed_from} (epoch {st.epoch}, step {st.step})")
             if acc.is_main_process:
-                self._trim_metrics(st.epoch)
+                rundir.trim_metrics(self.output_dir, st.epoch)
         else:
             if cfg.train.resume:
                 acc.print(f"no checkpoint in {self.output_dir}: starting from scratch")
@@ -523,7 +551,7 @@ class Trainer:
                    "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
                    **self._sample_counts(), "num_processes": acc.num_processes}
         if acc.is_main_process:
-            atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            rundir.atomic_write_text(self.output_dir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         acc.print(f"done: {_fmt(summary)}")
         self._publish(summary)
         return summary
@@ -559,16 +587,15 @@ class Trainer:
         bad = [key for key, value in losses.items() if key != "loss" and not math.isfinite(value)]
         if bad or not math.isfinite(losses.get("loss", 0.0)):
             term = bad[0] if bad else "loss"
-            kept = checkpoint_dirs(self.output_dir)
+            kept = rundir.newest_intact(self.output_dir)
             raise TCLError(f"training diverged: {term} = {losses.get(term)} at step {self.state.step + 1} "
-                           f"(epoch {epoch}); last good checkpoint: {kept[-1] if kept else 'none'}; "
+                           f"(epoch {epoch}); last good checkpoint: {kept or 'none'}; "
                            f"try a lower optim.lr")
 
     def _log(self, record: dict) -> None:
         acc = self.accelerator
         if acc.is_main_process:
-            with self._metrics_path().open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            rundir.append_metrics(self.output_dir, record)
         acc.log({k: v for k, v in record.items() if v is not None}, step=record["epoch"])
         acc.print(f"epoch {record['epoch']}/{self.cfg.train.epochs}: {_fmt(record)}")
 

@@ -130,9 +130,16 @@ def test_read_metrics_skips_blank_lines_and_names_a_bad_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 0.5}\n\n{"epoch": 2, "test_acc": 0.6}\n')
     assert [r["epoch"] for r in report.read_metrics(tmp_path)] == [1, 2]
     assert report._series(report.read_metrics(tmp_path), "test_acc") == ([1, 2], [0.5, 0.6])
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "test_acc"\n')
+    # Damage before the last line is not a torn write: it is named.
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "test_acc"\n{"epoch": 3}\n')
     with pytest.raises(TCLError, match=r"metrics.jsonl line 2: not valid JSON"):
         report.read_metrics(tmp_path)
+
+
+def test_read_metrics_leaves_out_a_torn_last_line(tmp_path):
+    # A kill in the middle of the last append leaves half a line.
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "test_acc"')
+    assert report.read_metrics(tmp_path) == [{"epoch": 1}]
 
 
 def test_series_leaves_out_epochs_without_a_value():
