@@ -82,4 +82,5 @@ def test_two_step_run_writes_every_output(cifar10_dir, tmp_path, fresh_accelerat
     checkpoints = [p for p in (out / "checkpoints").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(checkpoints) == 1
     files = {p.name for p in checkpoints[0].iterdir()}
-    assert "model.safetensors" in files and "custom_checkpoint_0.pkl" in files
+    assert {"model.safetensors", "run_state.safetensors", "run_state.json", "manifest.json"} <= files
+    assert not [name for name in files if name.startswith("custom_checkpoint")]  # nothing of ours is pickled
