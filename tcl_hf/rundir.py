@@ -10,9 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from .config import flatten
+from .config import flatten, read_recipe
 from .errors import ConfigError
 
 CHECKPOINT_PREFIX = "step_"
@@ -65,7 +63,7 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, config: 
     check_writable(output_dir)
     found = existing_outputs(output_dir)
     if resume and (output_dir / "config.yaml").is_file():
-        saved = yaml.safe_load((output_dir / "config.yaml").read_text()) or {}
+        saved = _saved_config(output_dir / "config.yaml")
         diff = run_differences(saved, config)
         if diff:
             shown = ", ".join(f"{k}={flatten(saved).get(k)!r}->{flatten(config).get(k)!r}" for k in diff[:4])
@@ -81,6 +79,15 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, config: 
         for name in found:
             path = output_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _saved_config(path: Path) -> dict:
+    """The configuration a run saved, read like a recipe: a damaged file is one line, not a traceback."""
+    try:
+        return read_recipe(path)
+    except ConfigError as exc:
+        raise ConfigError(f"train.resume: the saved configuration cannot be used ({exc}); restore it, or start "
+                          f"afresh with overwrite=true instead of train.resume=true") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
