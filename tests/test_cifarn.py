@@ -10,6 +10,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from fixtures import WritesAFile  # noqa: E402
 
 from tcl_hf.cifarn import load_cifarn_labels  # noqa: E402
 from tcl_hf.errors import DataError  # noqa: E402
@@ -119,20 +120,10 @@ def test_unreadable_or_missing_file(tmp_path):
         load_cifarn_labels(junk, "aggre", np.zeros(3, dtype=np.int64))
 
 
-class _WritesAFile:
-    """Unpickling this calls open(marker, 'w'): what a crafted .pt would do with os.system instead."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
-
-
 def test_crafted_file_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "CIFAR-10_human.pt"
-    torch.save({"clean_label": np.zeros(3, dtype=np.int64), "aggre_label": _WritesAFile(marker)}, path)
+    torch.save({"clean_label": np.zeros(3, dtype=np.int64), "aggre_label": WritesAFile(marker)}, path)
     with pytest.raises(DataError) as info:
         load_cifarn_labels(path, "aggre", np.zeros(3, dtype=np.int64))
     message = str(info.value)

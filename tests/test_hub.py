@@ -529,3 +529,21 @@ def test_offline_run_still_trains_exports_then_fails_the_push(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "push to 'me/tcl-run' failed" in errors[0] and str(out / "hub") in errors[0]
     assert (out / "summary.json").is_file() and HUB_FILES <= {p.name for p in (out / "hub").iterdir()}
+
+
+def test_reexport_without_push_needs_no_token_for_the_saved_repo(tiny_run, online, tmp_path):
+    import shutil
+
+    import yaml
+
+    from tcl_hf import export
+
+    run_dir, _, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    saved["hub"]["repo_id"] = "me/tcl-run"
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    calls = online(http_error(401, "Invalid user token."))
+    assert export.main([str(copy)]) == 0
+    assert calls == []

@@ -240,21 +240,12 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
 
 
 # ---- bad input through the command line: one line, exit 2, no traceback ---------------------------------
-class _WritesAFile:
-    """Unpickling this calls open(marker, 'w'), as a crafted label file would call anything else."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
-
-
 def _crafted_label_file(tmp_path):
     import torch
+    from fixtures import WritesAFile
 
     path = tmp_path / "CIFAR-10_human.pt"
-    torch.save({"clean_label": np.zeros(96, dtype=np.int64), "aggre_label": _WritesAFile(tmp_path / "marker")}, path)
+    torch.save({"clean_label": np.zeros(96, dtype=np.int64), "aggre_label": WritesAFile(tmp_path / "marker")}, path)
     return [*TINY, "noise.type=cifarn", f"noise.file={path}", "noise.label_set=aggre"], [str(path), "noise.file"]
 
 
