@@ -24,20 +24,62 @@ LABEL_SETS = {
 }
 
 
+def _safe_globals() -> list:
+    """What a pickled integer numpy array is made of, and nothing else: unpickling may then build
+    arrays, but never call anything a crafted file names (os.system, open, ...)."""
+    # numpy 2 moved numpy.core to numpy._core; the published CIFAR-N files (numpy 1) name the old path.
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    integer_dtypes = [type(np.dtype(t)) for t in (np.int8, np.int16, np.int32, np.int64,
+                                                  np.uint8, np.uint16, np.uint32, np.uint64)]
+    return [(core._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (core._reconstruct, "numpy._core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, *integer_dtypes]
+
+
+def _refusal(exc: Exception) -> str | None:
+    """The weights-only unpickler's reason for refusing to call or build something the file names
+    (e.g. 'Unsupported global: GLOBAL posix.system'), without its advice to load the file unsafely;
+    None for other failures (not a pickle, truncated)."""
+    _, _, reason = str(exc).partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith(("Unsupported global", "Can only build")):
+        return None
+    return lines[0].split(" was not an allowed global")[0].split(". Please")[0]
+
+
 def _read(path: Path) -> dict:
     import torch
 
     try:
-        content = torch.load(path, weights_only=False)
+        # weights_only: a .pt is a pickle, and a pickle may run code while it loads; only numpy
+        # integer arrays, lists and dicts are let through, before any check sees the content.
+        with torch.serialization.safe_globals(_safe_globals()):
+            content = torch.load(path, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"noise.file: {str(path)!r} does not exist") from None
     except Exception as exc:  # torch.load raises many types for a file that is not a torch pickle
+        refusal = _refusal(exc)
+        if refusal is not None:
+            raise DataError(f"noise.file: {str(path)!r} holds more than label arrays ({refusal}); refused "
+                            f"without running it — a CIFAR-N file holds only integer arrays and lists") from None
         raise DataError(f"noise.file: cannot read {str(path)!r} with torch.load ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(content, dict) or "clean_label" not in content:
         raise DataError(f"noise.file: {path} is not a CIFAR-N label file (expected a dict with 'clean_label' "
                         f"and noisy label arrays)")
     return content
+
+
+def _label_array(content: dict, key: str, path: Path) -> np.ndarray:
+    """One label set of the file as int64; a non-integer or out-of-int64 entry is named, not a traceback."""
+    try:
+        labels = np.asarray(content[key])
+        if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+            raise ValueError(f"{labels.dtype} values of shape {labels.shape}")
+        return labels.astype(np.int64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"noise.file: {path.name}[{key!r}] is not a list of integer labels in the int64 range "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def describe(content: dict) -> str:
@@ -61,7 +103,7 @@ def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndar
     """
     path = Path(path)
     content = _read(path)
-    clean = np.asarray(content["clean_label"], dtype=np.int64)
+    clean = _label_array(content, "clean_label", path)
     ours = np.asarray(dataset_labels, dtype=np.int64)
     expected = len(clean) if limit is None else min(limit, len(clean))
     if len(ours) != expected:
@@ -76,7 +118,7 @@ def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndar
     offered = [name for name, key in LABEL_SETS.items() if key in content]
     if label_set not in offered:
         raise DataError(f"noise.label_set: {label_set!r} is not in {path.name}; this file offers: {', '.join(offered)}")
-    noisy = np.asarray(content[LABEL_SETS[label_set]], dtype=np.int64)
+    noisy = _label_array(content, LABEL_SETS[label_set], path)
     if len(noisy) != len(clean):
         raise DataError(f"noise.file: {path.name} has {len(clean)} clean but {len(noisy)} {label_set} labels")
     return noisy[:expected]

@@ -47,6 +47,32 @@ def _non_negative(v):
     return None if v is None or v >= 0 else "must be >= 0"
 
 
+# numpy's seeding (np.random.seed, through accelerate's set_seed) takes 0..2**32-1.
+_seed = _in_range(0, 2**32 - 1)
+# More pixels than any WebVision/Clothing1M image (shop and web photos, mostly under 1 MP) or a 36 MP
+# camera photo, and well under PIL's own bomb limit (89 MP), where one image costs ~0.7 GB to decode.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def _batch_size(v):
+    # In training mode BatchNorm normalises over the batch: one sample has no variance, and it raises.
+    return None if v >= 2 else "must be >= 2: BatchNorm needs at least two samples per batch"
+
+
+def _repo_id(v):
+    """A Hub model repo as namespace/name, valid by huggingface_hub's own rules."""
+    if v is None:
+        return None
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(v)
+    except HFValidationError as exc:
+        return f"is not a valid Hub repo id ({str(exc).strip().splitlines()[0]})"
+    return None if v.count("/") == 1 else "must be namespace/name (your user or organisation, then the repo name)"
+
+
 def _triple(v):
     if v is None:
         return None
@@ -64,6 +90,10 @@ class DataConfig:
     imagenet_val: Optional[str] = _opt(None, help="webvision: ILSVRC12 val folder, one sub-folder per class index")
     samples_per_epoch: Optional[int] = _opt(None, _positive, "clothing1m: class-balanced random subset per epoch")
     on_bad_image: Literal["skip", "error"] = _opt("skip", help="unreadable/missing image: skip and count, or stop")
+    max_image_pixels: int = _opt(MAX_IMAGE_PIXELS, _positive,
+                                 "an image with more pixels (width x height, read from its header) is a bad image; "
+                                 "40 MP is above any WebVision/Clothing1M image and a 36 MP camera photo, and stops "
+                                 "decompression bombs long before PIL's 89 MP limit")
     in_memory: Optional[bool] = _opt(None, help="decode all images up front; null = when they fit in 4 GiB")
     image_column: Optional[str] = _opt(None, help="image column; null = the first Image column")
     label_column: Optional[str] = _opt(None, help="label column; null = the first ClassLabel column")
@@ -71,7 +101,10 @@ class DataConfig:
     train_split: str = _opt("train")
     test_split: str = _opt("test")
     limit: Optional[int] = _opt(None, _positive, "use only the first N train and N test samples")
-    image_size: Optional[int] = _opt(None, _positive, "view size; null = the backbone's input size")
+    # 1024 is the largest input of any pretrained timm model (SAM ViTs); a batch of 256 such images
+    # already needs >3 GB for its views, and larger sizes only exhaust memory.
+    image_size: Optional[int] = _opt(None, _in_range(1, 1024),
+                                     "view size, at most 1024; null = the backbone's input size")
     crop_pct: Optional[float] = _opt(None, _in_range(0.0, 1.0, lo_open=True),
                                      "evaluation crop fraction (timm's); null = 1.0 up to 64 px, else the backbone's")
     interpolation: Optional[Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"]] = _opt(
@@ -87,7 +120,7 @@ class NoiseConfig:
     rate: float = _opt(0.0, _in_range(0.0, 1.0), "fraction of samples whose label is redrawn")
     file: Optional[str] = _opt(None, help=".npy label file, or CIFAR-10_human.pt / CIFAR-100_human.pt")
     label_set: Optional[str] = _opt(None, help="cifarn: aggre, worse, random1-3 (10N) or noisy (100N)")
-    seed: Optional[int] = _opt(None, help="seed of the synthetic noise; null = the run's seed")
+    seed: Optional[int] = _opt(None, _seed, "seed of the synthetic noise, 0..2**32-1; null = the run's seed")
 
 
 @dataclass
@@ -101,7 +134,9 @@ class ModelConfig:
 
 @dataclass
 class TCLConfig:
-    temperature: float = _opt(0.25, _positive, "T of the contrastive loss and the assignments")
+    # Similarities (in [-1, 1]) are divided by T in float32: below 1e-3 they leave any useful range and,
+    # at tiny T, overflow to inf and NaN; above 100 every assignment is uniform.
+    temperature: float = _opt(0.25, _in_range(1e-3, 100.0), "T of the contrastive loss and the assignments")
     mixup_alpha: float = _opt(1.0, _positive)
     scale1: Optional[float] = _opt(None, _in_range(0.0, 1.0), "null = estimated clean ratio")
     scale2: Optional[float] = _opt(None, _in_range(0.0, 1.0), "null = estimated clean ratio")
@@ -123,7 +158,10 @@ class AugConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = _opt(0.03, _positive, "base lr for a total batch of 256")
+    # The optimizer applies lr (times total batch / 256) as a float32: past 3.4e38 the step itself
+    # raises. 1e6 is far beyond any useful value (the reference uses 0.03) and far from that overflow;
+    # a large lr that merely diverges is stopped by the non-finite loss check.
+    lr: float = _opt(0.03, _in_range(0.0, 1e6, lo_open=True), "base lr for a total batch of 256")
     scale_lr: bool = _opt(True, help="lr = optim.lr * total_batch / 256")
     momentum: float = _opt(0.9, _in_range(0.0, 1.0, hi_open=True))
     weight_decay: float = _opt(1e-3, _non_negative)
@@ -135,7 +173,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = _opt(200, _positive)
-    batch_size: int = _opt(256, _positive, "per process")
+    batch_size: int = _opt(256, _batch_size, "per process; at least 2 (BatchNorm needs two samples)")
     eval_batch_size: Optional[int] = _opt(None, _positive, "null = 2 x batch_size")
     max_steps: Optional[int] = _opt(None, _positive, "stop after N optimizer steps")
     grad_accum_steps: int = _opt(1, _positive)
@@ -161,7 +199,7 @@ class LogConfig:
 
 @dataclass
 class HubConfig:
-    repo_id: Optional[str] = _opt(None, help="push the exported classifier to this Hub repo")
+    repo_id: Optional[str] = _opt(None, _repo_id, "push the exported classifier to this Hub repo (namespace/name)")
     private: bool = _opt(False)
     revision: Optional[str] = _opt(None, help="branch to push to")
 
@@ -169,7 +207,7 @@ class HubConfig:
 @dataclass
 class Config:
     output_dir: str = _opt("runs/tcl")
-    seed: int = _opt(0, _non_negative)
+    seed: int = _opt(0, _seed, "0..2**32-1")
     method: Literal["tcl", "ce"] = _opt("tcl")
     overwrite: bool = _opt(False, help="replace the outputs of an earlier run in output_dir")
     data: DataConfig = field(default_factory=DataConfig)
@@ -321,11 +359,16 @@ def read_recipe(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
+                          f"a recipe is a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"recipe {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        # Some YAML errors (control characters) span several lines; the first says what is wrong.
+        problem = str(getattr(exc, "problem", None) or exc).strip().splitlines()[0]
+        raise ConfigError(f"recipe {path}{where}: not valid YAML ({problem})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of keys at the top level")
     return tree

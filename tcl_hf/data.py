@@ -7,6 +7,8 @@ index, so the clean labels kept for measuring detection cannot leak into the los
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset, Sampler
 
+from .config import MAX_IMAGE_PIXELS
 from .contract import Decoding, InputContract
 from .errors import DataError
 
@@ -47,17 +50,18 @@ class TensorImages(Dataset):
 class HFImages(Dataset):
     """A datasets split whose images decode when a loader worker asks; items are (image, index, ok)."""
 
-    def __init__(self, split, column: str, decoding: Decoding, on_bad_image: str):
+    def __init__(self, split, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int = MAX_IMAGE_PIXELS):
         import datasets
 
         self.split = split.cast_column(column, datasets.Image(decode=False)).select_columns([column])
         self.column, self.decoding, self.on_bad_image = column, decoding, on_bad_image
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int):
-        image, ok = decode_cell(self.split[index][self.column], self.decoding, self.on_bad_image)
+        image, ok = decode_cell(self.split[index][self.column], self.decoding, self.on_bad_image, self.max_pixels)
         return torch.tensor(image).permute(2, 0, 1), index, ok
 
 
@@ -74,6 +78,7 @@ class DataBundle:
     full_train_size: int              # rows in the train split before data.limit (label files must match it)
     extra_evals: dict = field(default_factory=dict)  # more test sets: name -> (Dataset, labels), e.g. "val"
     train_sampler: Sampler | None = None             # e.g. a class-balanced subset per epoch
+    unlabelled: int = 0                              # listed training images left out: no label for them
 
     @property
     def eval_sets(self) -> dict:
@@ -81,11 +86,36 @@ class DataBundle:
         return {"test": (self.test, self.test_labels), **self.extra_evals}
 
 
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit 'L', rescaled: PIL's own convert clips
+    such values to 0..255, which turns almost every 16-bit image white.
+
+    16-bit modes (I;16*): 0..65535 -> 0..255. 'I' (32-bit int; older PIL opens 16-bit PNGs so): the same
+    when its values lie in 0..65535, otherwise min-max. 'F' (float): values in [0, 1] are scaled by
+    255, otherwise min-max; NaN and infinite pixels count as 0. Min-max maps the smallest value to 0
+    and the largest to 255 (a constant image comes out black).
+    """
+    # float32 holds every 16-bit value exactly, at half the memory of float64 on a large image.
+    array = np.asarray(image).astype(np.float32)
+    if image.mode == "F":
+        array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if image.mode == "F" and 0.0 <= lo and hi <= 1.0:
+        scaled = array * np.float32(255.0)
+    elif image.mode != "F" and 0.0 <= lo and hi <= 65535.0:
+        scaled = array * np.float32(255.0 / 65535.0)
+    else:
+        scaled = (array - np.float32(lo)) * np.float32(255.0 / ((hi - lo) or 1.0))
+    return Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8), mode="L")
+
+
 def to_rgb_array(image: Image.Image, decoding: Decoding) -> np.ndarray:
     """Any PIL image -> RGB uint8 [crop, crop, 3], as timm's evaluation transform prepares it: the shorter
     side resized to ``decoding.resize`` (torchvision's Resize rule), then a centre crop (its CenterCrop rounding)."""
     from timm.data.transforms import str_to_pil_interp
 
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = to_8_bit(image)
     if image.mode == "P" and "transparency" in image.info:
         # Going through RGBA avoids PIL's per-image warning about palette transparency.
         image = image.convert("RGBA")
@@ -103,18 +133,30 @@ def to_rgb_array(image: Image.Image, decoding: Decoding) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _open(cell) -> Image.Image:
-    """A datasets Image cell read with decode=False: {'bytes': ..., 'path': ...}."""
+def _open(cell, max_pixels: int) -> Image.Image:
+    """A datasets Image cell read with decode=False: {'bytes': ..., 'path': ...}, opened (header only)
+    and checked against the pixel cap before anything is decoded."""
     if cell.get("bytes"):
-        return Image.open(io.BytesIO(cell["bytes"]))
-    return Image.open(cell["path"])
+        image = Image.open(io.BytesIO(cell["bytes"]))
+    else:
+        # Opening a FIFO waits for a writer, i.e. forever; stat answers at once, for any kind of file.
+        if not stat.S_ISREG(os.stat(cell["path"]).st_mode):
+            raise ValueError("not a regular file")
+        image = Image.open(cell["path"])
+    width, height = image.size  # from the header: Image.open is lazy
+    if width * height > max_pixels:
+        image.close()
+        raise ValueError(f"{width}x{height} pixels, over data.max_image_pixels={max_pixels}")
+    return image
 
 
-def decode_cell(cell, decoding: Decoding, on_bad_image: str = "error") -> tuple[np.ndarray, bool]:
-    """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one is zeros
-    with ok=False, or a DataError naming it when on_bad_image='error'."""
+def decode_cell(cell, decoding: Decoding, on_bad_image: str = "error",
+                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, bool]:
+    """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one (missing, not
+    a regular file, over `max_pixels`, undecodable) is zeros with ok=False, or a DataError naming
+    it when on_bad_image='error'."""
     try:
-        return to_rgb_array(_open(cell), decoding), True
+        return to_rgb_array(_open(cell, max_pixels), decoding), True
     except BAD_IMAGE_ERRORS as exc:
         where = cell.get("path") or "an embedded image"
         if on_bad_image == "error":
@@ -124,12 +166,13 @@ def decode_cell(cell, decoding: Decoding, on_bad_image: str = "error") -> tuple[
         return np.zeros((decoding.crop, decoding.crop, 3), dtype=np.uint8), False
 
 
-def decode_images(cells, decoding: Decoding, on_bad_image: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
+def decode_images(cells, decoding: Decoding, on_bad_image: str = "error",
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a column of undecoded image cells into uint8 [N, 3, crop, crop] and an ok mask [N]."""
     out = np.empty((len(cells), decoding.crop, decoding.crop, 3), dtype=np.uint8)
     ok = np.ones(len(cells), dtype=bool)
     for i, cell in enumerate(cells):
-        out[i], ok[i] = decode_cell(cell, decoding, on_bad_image)
+        out[i], ok[i] = decode_cell(cell, decoding, on_bad_image, max_pixels)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(ok)
 
 
@@ -257,15 +300,19 @@ def _load_hf(data_cfg, contract: InputContract) -> DataBundle:
     if in_memory:
         raw = datasets.Image(decode=False)
         train_images, train_ok = decode_images(train.cast_column(image_col, raw)[image_col],
-                                               contract.train_decoding, data_cfg.on_bad_image)
+                                               contract.train_decoding, data_cfg.on_bad_image,
+                                               data_cfg.max_image_pixels)
         test_images, test_ok = decode_images(test.cast_column(image_col, raw)[image_col],
-                                             contract.eval_decoding, data_cfg.on_bad_image)
+                                             contract.eval_decoding, data_cfg.on_bad_image,
+                                             data_cfg.max_image_pixels)
         if contract.mean is None:
             contract = contract.with_stats(*channel_stats(train_images[train_ok]))
         train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)
     else:
-        train_set = HFImages(train, image_col, contract.train_decoding, data_cfg.on_bad_image)
-        test_set = HFImages(test, image_col, contract.eval_decoding, data_cfg.on_bad_image)
+        train_set = HFImages(train, image_col, contract.train_decoding, data_cfg.on_bad_image,
+                             data_cfg.max_image_pixels)
+        test_set = HFImages(test, image_col, contract.eval_decoding, data_cfg.on_bad_image,
+                            data_cfg.max_image_pixels)
         if contract.mean is None:
             contract = contract.with_stats(IMAGENET_MEAN, IMAGENET_STD)
     return DataBundle(
@@ -287,7 +334,7 @@ def _load_file_lists(data_cfg, contract: InputContract, seed: int) -> DataBundle
     else:
         lists = read_clothing1m(data_cfg.root)
         default_stats, extra_names = (CLOTHING1M_MEAN, CLOTHING1M_STD), ("val",)
-    full_train_size = len(lists["train"])
+    full_train_size, unlabelled = len(lists["train"]), lists["train"].unlabelled
     if data_cfg.limit:
         # List files are sorted by class, so the first N lines would be one class: take a seeded sample.
         rng = np.random.default_rng(seed)
@@ -298,7 +345,7 @@ def _load_file_lists(data_cfg, contract: InputContract, seed: int) -> DataBundle
 
     def images(name: str) -> FileImages:
         decoding = contract.train_decoding if name == "train" else contract.eval_decoding
-        return FileImages(lists[name].paths, decoding, data_cfg.on_bad_image)
+        return FileImages(lists[name].paths, decoding, data_cfg.on_bad_image, max_pixels=data_cfg.max_image_pixels)
 
     train, test = lists["train"], lists["test"]
     sampler = None
@@ -312,5 +359,5 @@ def _load_file_lists(data_cfg, contract: InputContract, seed: int) -> DataBundle
         num_classes=train.num_classes, class_names=list(train.class_names),
         contract=contract, full_train_size=full_train_size,
         extra_evals={name: (images(name), lists[name].labels) for name in extra_names if name in lists},
-        train_sampler=sampler,
+        train_sampler=sampler, unlabelled=unlabelled,
     )

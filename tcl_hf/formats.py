@@ -4,9 +4,13 @@ Clothing1M), and a lazy image dataset for sets too large to decode up front.
 Readers return one ``ImageList`` (absolute paths + integer labels + class names) per split. Images
 are decoded only when a loader worker asks for them, so start-up costs one pass over the list files.
 
-What counts as a bad image: a file that is missing, cannot be identified as an image, or raises
-while decoding. A truncated JPEG is *not* bad: ``tcl_hf.data`` sets PIL's ``LOAD_TRUNCATED_IMAGES``,
-so the missing part comes out grey, as in the reference pipelines that read web crawls.
+What counts as a bad image: a file that is missing, is not a regular file (a FIFO would block the
+loader forever), has more pixels than ``data.max_image_pixels`` (read from the header, before any
+decoding), cannot be identified as an image, or raises while decoding. A truncated JPEG is *not*
+bad: ``tcl_hf.data`` sets PIL's ``LOAD_TRUNCATED_IMAGES``, so the missing part comes out grey, as in
+the reference pipelines that read web crawls.
+
+Every path a list file names must be relative, without '..' (see ``_listed_path``).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from .config import MAX_IMAGE_PIXELS
 from .contract import Decoding
 from .data import decode_cell
 from .errors import DataError
@@ -35,6 +40,7 @@ class ImageList:
     paths: list[str]
     labels: np.ndarray        # int64 [N]
     class_names: list[str]
+    unlabelled: int = 0       # listed images left out because the label file has no entry for them
 
     def __post_init__(self):
         if len(self.paths) != len(self.labels):
@@ -69,12 +75,28 @@ def _lines(path: Path):
         raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
 
 
-def _check_range(path: Path, numbers: list[int], labels: np.ndarray, num_classes: int) -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
+def _check_range(path: Path, numbers: list[int], labels: list[int], num_classes: int) -> None:
+    # On Python ints, before any int64 array exists: a label like 10**23 would overflow it.
+    bad = [i for i, label in enumerate(labels) if not 0 <= label < num_classes]
+    if bad:
+        i = bad[0]
         raise DataError(f"{path} line {numbers[i]}: label {labels[i]} out of range; allowed 0..{num_classes - 1}"
-                        + (f" ({bad.size} such lines)" if bad.size > 1 else ""))
+                        + (f" ({len(bad)} such lines)" if len(bad) > 1 else ""))
+
+
+def _listed_path(path: Path, number: int, text: str) -> str:
+    """A path as listed, checked to stay inside the folder the list is relative to.
+
+    The rule is lexical: absolute paths and any '..' component are refused, whatever the disk holds.
+    Symlinks inside the dataset are followed, so images/ may link to another disk (a common layout);
+    what the dataset's owner linked is trusted, what a crawled list line names is not. Resolving
+    links instead would refuse that layout, and '..' after a link would not mean what it looks like.
+    """
+    if os.path.isabs(text) or ".." in Path(text).parts:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise DataError(f"{path} line {number}: image path {shown!r} leaves the dataset folder; list paths "
+                        f"must be relative, without '..'")
+    return text
 
 
 def read_labelled_list(path: str | Path, num_classes: int) -> tuple[list[str], np.ndarray]:
@@ -91,12 +113,11 @@ def read_labelled_list(path: str | Path, num_classes: int) -> tuple[list[str], n
         if label is None:
             shown = text if len(text) <= 80 else text[:77] + "..."
             raise DataError(f"{path} line {number}: expected '<file> <integer label>', got {shown!r}")
-        files.append(parts[0])
+        files.append(_listed_path(path, number, parts[0]))
         labels.append(label)
         numbers.append(number)
-    array = np.asarray(labels, dtype=np.int64)
-    _check_range(path, numbers, array, num_classes)
-    return files, array
+    _check_range(path, numbers, labels, num_classes)
+    return files, np.asarray(labels, dtype=np.int64)
 
 
 def read_key_list(path: str | Path) -> list[tuple[int, str]]:
@@ -107,7 +128,7 @@ def read_key_list(path: str | Path) -> list[tuple[int, str]]:
         if len(text.split()) != 1:
             shown = text if len(text) <= 80 else text[:77] + "..."
             raise DataError(f"{path} line {number}: expected one key (an image path) per line, got {shown!r}")
-        keys.append((number, text))
+        keys.append((number, _listed_path(path, number, text)))
     return keys
 
 
@@ -158,7 +179,8 @@ def read_imagenet_val(folder: str | Path, num_classes: int, class_names: list[st
         raise DataError(f"data.imagenet_val: {str(folder)!r} is not a folder")
     found: dict[int, Path] = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if sub.name.isdigit():
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+        if sub.name.isascii() and sub.name.isdigit():
             k = int(sub.name)
         elif sub.name in wnids:
             k = wnids[sub.name]
@@ -212,16 +234,23 @@ def read_webvision(root: str | Path, num_classes: int, imagenet_val: str | Path 
 
 
 # ---- Clothing1M ---------------------------------------------------------------------------------
-def _keyed_split(root: Path, key_file: Path, label_file: Path, labels: dict[str, int], names: list[str]) -> ImageList:
-    keys = read_key_list(key_file)
-    values = []
-    for number, key in keys:
+def _keyed_split(root: Path, key_file: Path, label_file: Path, labels: dict[str, int], names: list[str],
+                 skip_unlabelled: bool = False) -> ImageList:
+    """Images of a key list with their labels; a key without a label is left out and counted when
+    `skip_unlabelled`, otherwise an error naming the line."""
+    kept, values, unlabelled = [], [], 0
+    for number, key in read_key_list(key_file):
         value = labels.get(key)
         if value is None:
-            raise DataError(f"{key_file} line {number}: key {key!r} has no label in {label_file.name}")
+            if not skip_unlabelled:
+                raise DataError(f"{key_file} line {number}: key {key!r} has no label in {label_file.name}")
+            unlabelled += 1
+            continue
+        kept.append(key)
         values.append(value)
     base = str(root)
-    return ImageList([os.path.join(base, key) for _, key in keys], np.asarray(values, dtype=np.int64), names)
+    return ImageList([os.path.join(base, key) for key in kept], np.asarray(values, dtype=np.int64), names,
+                     unlabelled=unlabelled)
 
 
 def read_clothing1m(root: str | Path) -> dict[str, ImageList]:
@@ -235,8 +264,11 @@ def read_clothing1m(root: str | Path) -> dict[str, ImageList]:
     noisy_file, clean_file = root / "noisy_label_kv.txt", root / "clean_label_kv.txt"
     noisy = read_label_map(noisy_file, len(names))
     clean = read_label_map(clean_file, len(names))
+    # A training key without a noisy label is one image fewer, like a missing file; the small, curated
+    # clean lists must be complete, or the evaluation would quietly change.
     return {
-        "train": _keyed_split(root, root / "noisy_train_key_list.txt", noisy_file, noisy, names),
+        "train": _keyed_split(root, root / "noisy_train_key_list.txt", noisy_file, noisy, names,
+                              skip_unlabelled=True),
         "val": _keyed_split(root, root / "clean_val_key_list.txt", clean_file, clean, names),
         "test": _keyed_split(root, root / "clean_test_key_list.txt", clean_file, clean, names),
     }
@@ -247,10 +279,11 @@ class FileImages(Dataset):
     """Images decoded from files when asked for; items are (uint8 [3, crop, crop], index, ok).
 
     ``on_bad_image='skip'``: a file that cannot be read gives a zero image and ok=False (the trainer
-    leaves it out and counts it); ``'error'``: it raises DataError naming the file.
+    leaves it out and counts it); ``'error'``: it raises DataError naming the file. A file that is not
+    a regular file, or has more than ``max_pixels`` pixels, counts as unreadable.
     """
 
-    def __init__(self, paths, decoding: Decoding, on_bad_image: str = "skip"):
+    def __init__(self, paths, decoding: Decoding, on_bad_image: str = "skip", max_pixels: int = MAX_IMAGE_PIXELS):
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
         if decoding.crop > decoding.resize:
@@ -259,6 +292,7 @@ class FileImages(Dataset):
         # every page of a million-string list as they touch the refcounts.
         self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
         self.decoding, self.on_bad_image = decoding, on_bad_image
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -267,7 +301,7 @@ class FileImages(Dataset):
         return os.fsdecode(self._paths[index])
 
     def __getitem__(self, index: int):
-        array, ok = decode_cell({"path": self.path(index)}, self.decoding, self.on_bad_image)
+        array, ok = decode_cell({"path": self.path(index)}, self.decoding, self.on_bad_image, self.max_pixels)
         # A copy: the array PIL hands out is read-only, which torch.from_numpy warns about.
         return torch.tensor(array).permute(2, 0, 1), index, ok
 

@@ -6,7 +6,9 @@ so an export loads back with ``timm.create_model("local-dir:<dir>", pretrained=T
 """
 from __future__ import annotations
 
+import copy
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +17,7 @@ import timm
 import torch
 import torch.nn as nn
 import yaml
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token, hf_hub_download
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, save_for_hf
 
@@ -32,6 +34,10 @@ _CLASS_LAYERS = ("classifier.4.", "classifier.5.")
 # The HTTP client's own base error (refused connection, DNS, timeout) is HfHubHTTPError's parent,
 # whichever client this huggingface_hub version is built on.
 _CLIENT_ERROR = HfHubHTTPError.__bases__[0]
+# Config keys that name files or folders on this machine; a published config keeps only their base name.
+_LOCAL_PATH_KEYS = ("output_dir", "data.root", "data.imagenet_val", "noise.file", "model.pretrained_file")
+# Shown in the card's loading example of a folder that was not pushed: where it sits is the reader's business.
+LOCAL_LOAD_REF = "local-dir:path/to/this/folder"
 
 
 # ---- the exported architecture -------------------------------------------------------------------------------
@@ -143,12 +149,37 @@ def export_hub_folder(model: TCLModel, prototypes: torch.Tensor, out_dir: str | 
     (test_acc, knn_acc, noise_auc, ...); ``repo_id`` only changes the loading example in the card.
     """
     out_dir = Path(out_dir)
+    run_config = public_config(run_config)
     export_classifier(model, out_dir, backbone=run_config["model"]["backbone"], label_names=label_names,
                       contract=contract)
     save_tcl_pretrained(model, prototypes, out_dir, run_config, class_names=list(label_names))
-    load_ref = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out_dir}"
+    load_ref = f"hf-hub:{repo_id}" if repo_id else LOCAL_LOAD_REF
     model_card(run_config, metrics, load_ref=load_ref).save(out_dir / "README.md")
     return out_dir
+
+
+def _is_local_path(value: str) -> bool:
+    """A path on this machine rather than a Hub id (``namespace/name`` never starts with / . or ~)."""
+    return os.path.isabs(value) or value.startswith((".", "~")) or Path(value).exists()
+
+
+def public_config(run_config: dict) -> dict:
+    """``run_config`` as it may be published: local paths (run folder, data, label and weight files)
+    cut to their base names, which still say what was used without telling where this machine keeps
+    it or whose home folder it is. A local data.path becomes ./<name>, so it still reads as a folder
+    and not as a Hub dataset id; a Hub dataset id stays."""
+    public = copy.deepcopy(run_config)
+    for dotted in _LOCAL_PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = public
+        for parent in parents:
+            node = node.get(parent, {})
+        if isinstance(node.get(leaf), str):
+            node[leaf] = Path(node[leaf]).name
+    data = public.get("data", {})
+    if isinstance(data.get("path"), str) and _is_local_path(data["path"]):
+        data["path"] = f"./{Path(data['path']).name}"
+    return public
 
 
 def _dataset(data: dict) -> tuple[str, str, str | None]:
@@ -161,7 +192,7 @@ def _dataset(data: dict) -> tuple[str, str, str | None]:
     if data.get("format") == "clothing1m":
         return "Clothing1M", "clothing1m", None
     path = str(data.get("path"))
-    if Path(path).exists():
+    if _is_local_path(path):
         return Path(path).name, Path(path).name, None
     return path, path, path
 
@@ -370,3 +401,29 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     except (HfHubHTTPError, _CLIENT_ERROR, OSError, ValueError) as exc:
         raise TCLError(f"hub push to {repo_id!r} failed ({_reason(exc)}); {where}") from None
     return commit.commit_url
+
+
+def check_push_token(repo_id: str | None) -> None:
+    """Before training, when the run is to push: a token must exist and the Hub must accept it, so
+    hours of training do not end in a push that was bound to fail.
+
+    Skipped offline (HF_HUB_OFFLINE=1): the push at the end then fails in one line, after every local
+    output is written. Any other failure to check (no network, Hub down) stops the run too: the push
+    would meet it as well.
+    """
+    if not repo_id or constants.HF_HUB_OFFLINE:
+        return
+    instead = ("or set HF_HUB_OFFLINE=1 to train now and push later with "
+               "`python -m tcl_hf.export RUN_DIR --push REPO`")
+    token = get_token()
+    if token is None:
+        raise TCLError(f"hub.repo_id: pushing to {repo_id!r} needs a Hugging Face token: set HF_TOKEN or run "
+                       f"`hf auth login`, {instead}")
+    try:
+        info = HfApi(token=token, library_name="tcl_hf").whoami()
+    except (HfHubHTTPError, _CLIENT_ERROR, OSError, ValueError) as exc:
+        raise TCLError(f"hub.repo_id: cannot push to {repo_id!r}: the token check failed ({_reason(exc)}); "
+                       f"fix the token or network, {instead}") from None
+    if info.get("auth", {}).get("accessToken", {}).get("role") == "read":
+        raise TCLError(f"hub.repo_id: cannot push to {repo_id!r}: the token is read-only; use a token with write "
+                       f"access, {instead}")

@@ -95,5 +95,10 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
     if noise_type == "cifarn":
         from .cifarn import load_cifarn_labels
 
-        return load_cifarn_labels(file, label_set, labels, limit)
+        noisy = load_cifarn_labels(file, label_set, labels, limit)
+        # Checked here, where the class count is known: out of range, a label would fail deep in the loss.
+        if noisy.size and (noisy.min() < 0 or noisy.max() >= num_classes):
+            raise DataError(f"noise.file: {Path(file).name} has {label_set} labels in [{noisy.min()}, {noisy.max()}]; "
+                            f"allowed 0..{num_classes - 1}")
+        return noisy
     raise DataError(f"noise.type: unknown {noise_type!r}")

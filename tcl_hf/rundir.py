@@ -19,9 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from .config import flatten
+from .config import flatten, read_recipe
 from .errors import ConfigError, TCLError
 
 CONFIG_FILE = "config.yaml"
@@ -60,17 +58,17 @@ def existing_outputs(output_dir: Path) -> list[str]:
     return [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
 
 
-def read_saved_config(output_dir: Path) -> dict:
-    """The resolved configuration a run saved, or a one-line error saying why it cannot be used."""
+def read_saved_config(output_dir: Path, key: str) -> dict:
+    """The resolved configuration a run saved, or a one-line error (under ``key``) saying why it cannot be used."""
     path = output_dir / CONFIG_FILE
     try:
-        tree = yaml.safe_load(path.read_bytes())
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError):
-        raise TCLError(f"{path}: not a readable tcl_hf config (damaged or not YAML); move the folder aside "
-                       f"or choose another output_dir") from None
-    if not isinstance(tree, dict) or not {"method", "data", "model"} <= set(tree):
-        raise TCLError(f"{path}: not a tcl_hf config (expected a mapping with method, data, model, ...); "
-                       f"move the folder aside or choose another output_dir")
+        tree = read_recipe(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {path} cannot be used as a tcl_hf run's configuration ({exc}); restore it, "
+                          f"move the folder aside or choose another output_dir") from None
+    if not {"method", "data", "model"} <= set(tree):
+        raise ConfigError(f"{key}: {path} is not a tcl_hf run's configuration (no method, data, model keys); "
+                          f"move the folder aside or choose another output_dir")
     return tree
 
 
@@ -90,7 +88,7 @@ def check_reuse(output_dir: Path, resume: bool, overwrite: bool, config: dict) -
     check_writable(output_dir)
     found = existing_outputs(output_dir)
     if resume and (output_dir / CONFIG_FILE).is_file():
-        saved = read_saved_config(output_dir)
+        saved = read_saved_config(output_dir, "train.resume")
         diff = run_differences(saved, config)
         if diff:
             shown = ", ".join(f"{k}={flatten(saved).get(k)!r}->{flatten(config).get(k)!r}" for k in diff[:4])
@@ -105,7 +103,7 @@ def check_reuse(output_dir: Path, resume: bool, overwrite: bool, config: dict) -
     if not (output_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"overwrite: {output_dir} holds {', '.join(found)} but no tcl_hf run ({CONFIG_FILE} is "
                           f"missing); refusing to delete what another tool wrote; choose another output_dir")
-    read_saved_config(output_dir)
+    read_saved_config(output_dir, "overwrite")
 
 
 def clear_previous_outputs(output_dir: Path) -> None:
@@ -113,6 +111,15 @@ def clear_previous_outputs(output_dir: Path) -> None:
     for name in existing_outputs(output_dir):
         path = output_dir / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _saved_config(path: Path) -> dict:
+    """The configuration a run saved, read like a recipe: a damaged file is one line, not a traceback."""
+    try:
+        return read_recipe(path)
+    except ConfigError as exc:
+        raise ConfigError(f"train.resume: the saved configuration cannot be used ({exc}); restore it, or start "
+                          f"afresh with overwrite=true instead of train.resume=true") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -25,6 +25,7 @@ from .config import Config, flatten, save_config, to_dict
 from .contract import resolve_input_contract
 from .data import DataBundle, load_data
 from .errors import DataError, StopRequested, TCLError
+from .hub import check_push_token
 from .metrics import detection_metrics, knn_predict
 from .models import TCLModel
 from .noise import make_noisy_labels
@@ -114,6 +115,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
+        check_push_token(cfg.hub.repo_id)  # a push bound to fail should stop the run now, not after training
         # The contrastive loss is skipped in CE mode, so DDP must tolerate the projector's unused weights.
         ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=cfg.method == "ce")
         self.accelerator = Accelerator(
@@ -189,7 +191,11 @@ class Trainer:
         contract = resolve_input_contract(cfg.data, cfg.model)
         # Decoding happens once per machine; the main process goes first so datasets' cache is warm.
         with self.accelerator.main_process_first():
-            return load_data(cfg.data, contract, seed=cfg.seed)
+            data = load_data(cfg.data, contract, seed=cfg.seed)
+        if data.unlabelled:
+            self.accelerator.print(f"left out {data.unlabelled} listed training image(s) without an entry in the "
+                                   f"label file")
+        return data
 
     def _labels(self, data: DataBundle) -> tuple[torch.Tensor, np.ndarray | None]:
         cfg = self.cfg
@@ -580,7 +586,8 @@ class Trainer:
         """Usable images per split (listed and labelled, minus unreadable ones) and the bad total."""
         sizes = {"train": len(self.data.train), **{name: len(ds) for name, (ds, _) in self.data.eval_sets.items()}}
         counts = {f"{name}_samples": size - self.bad_counts.get(name, 0) for name, size in sizes.items()}
-        return {**counts, "bad_images": sum(self.bad_counts.values())}
+        unlabelled = {"unlabelled": self.data.unlabelled} if self.data.unlabelled else {}
+        return {**counts, "bad_images": sum(self.bad_counts.values()), **unlabelled}
 
     def _check_finite(self, losses: dict, epoch: int) -> None:
         """Stop before a non-finite loss reaches a checkpoint, naming the first bad term."""

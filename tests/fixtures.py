@@ -3,7 +3,8 @@
 Every image is one solid colour, recorded in the returned layout, so tests can check decoding
 against values chosen here rather than against the code under test. Each layout holds a grayscale,
 an RGBA, a palette and a CMYK image, a corrupt file, a truncated JPEG and a listed-but-missing file;
-one list file has CRLF line endings and trailing blank lines.
+one list file has CRLF line endings and trailing blank lines. ``WritesAFile`` is the payload of a
+crafted pickle, for tests that label files are loaded without running anything.
 """
 from __future__ import annotations
 
@@ -167,3 +168,13 @@ def make_clothing1m(root: Path, train_size: int = 42, val_size: int = 8, test_si
     layout.files["test"] = write_lines(root / "clean_test_key_list.txt", test_keys, crlf=True)
     layout.files["names"] = write_lines(root / "category_names_eng.txt", list(CLOTHING_NAMES), crlf=True)
     return layout
+
+
+class WritesAFile:
+    """Unpickling this calls open(marker, 'w'): what a crafted .pt would do with os.system instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")

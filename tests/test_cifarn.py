@@ -10,6 +10,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from fixtures import WritesAFile  # noqa: E402
 
 from tcl_hf.cifarn import load_cifarn_labels  # noqa: E402
 from tcl_hf.errors import DataError  # noqa: E402
@@ -117,3 +118,43 @@ def test_unreadable_or_missing_file(tmp_path):
     junk.write_bytes(b"not a pickle at all")
     with pytest.raises(DataError, match=r"cannot read .*junk.pt.* with torch.load"):
         load_cifarn_labels(junk, "aggre", np.zeros(3, dtype=np.int64))
+
+
+def test_crafted_file_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save({"clean_label": np.zeros(3, dtype=np.int64), "aggre_label": WritesAFile(marker)}, path)
+    with pytest.raises(DataError) as info:
+        load_cifarn_labels(path, "aggre", np.zeros(3, dtype=np.int64))
+    message = str(info.value)
+    assert not marker.exists()
+    assert "\n" not in message and str(path) in message and "refused without running it" in message
+    assert "GLOBAL io.open" in message  # the unpickler's own reason, without its advice to load unsafely
+    # The same file, loaded the way it used to be, does run the call: the test above can fail.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_float_arrays_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "floats.pt"
+    torch.save({"clean_label": np.zeros(3), "aggre_label": np.zeros(3)}, path)
+    with pytest.raises(DataError, match=r"floats.pt.*holds more than label arrays \(Can only build") as info:
+        load_cifarn_labels(path, "aggre", np.zeros(3, dtype=np.int64))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [[0, 99999999999999999999999, 1], [0, "x", 1], [[0], [1], [2]]])
+def test_label_lists_that_are_not_int64_labels(tmp_path, bad):
+    path = tmp_path / "labels.pt"
+    torch.save({"clean_label": [0, 1, 1], "aggre_label": bad}, path)
+    with pytest.raises(DataError, match=r"labels.pt\['aggre_label'\] is not a list of integer labels") as info:
+        load_cifarn_labels(path, "aggre", np.array([0, 1, 1]))
+    assert "\n" not in str(info.value)
+
+
+def test_noisy_label_out_of_range_is_refused(tmp_path):
+    from tcl_hf.noise import make_noisy_labels
+
+    path = _write(tmp_path, clean_label=[0, 1, 2], aggre_label=[0, 1, 10])
+    with pytest.raises(DataError, match=r"labels.pt has aggre labels in \[0, 10\]; allowed 0..9$"):
+        make_noisy_labels("cifarn", np.array([0, 1, 2]), 10, 0.0, 0, file=str(path), label_set="aggre")

@@ -1,8 +1,11 @@
 """File-list datasets (WebVision, Clothing1M), lazy image decoding and the class-balanced sampler."""
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import os
+import signal
 import warnings
 from collections import Counter
 
@@ -291,7 +294,7 @@ def test_load_data_reads_clothing1m_lazily(tmp_path):
     layout = make_clothing1m(tmp_path / "c1m")
     lists = read_clothing1m(layout.root)
     cfg = SimpleNamespace(format="clothing1m", root=str(layout.root), limit=None, on_bad_image="skip",
-                          samples_per_epoch=None, num_classes=None, imagenet_val=None)
+                          samples_per_epoch=None, num_classes=None, imagenet_val=None, max_image_pixels=10**6)
     bundle = load_data(cfg, InputContract(24, 24, 1.0, "bilinear"))
     assert len(bundle.train) == len(lists["train"]) and len(bundle.test) == len(lists["test"])
     assert np.array_equal(bundle.train_labels, lists["train"].labels) and bundle.clean_train_labels is None
@@ -378,3 +381,138 @@ def test_two_processes_share_out_one_subset(tmp_path):
     shards = [np.load(tmp_path / f"rank{r}.npy") for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 24 and not set(shards[0]) & set(shards[1])
     assert sorted(np.concatenate(shards).tolist()) == sorted(balanced_subset(labels, 3, 48, 9, 2).tolist())
+
+
+# ---- lists and images that must not be trusted ----------------------------------------------------
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM interrupts a blocking open() (PEP 475: the handler's
+    exception ends the call)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("bad", ["../../x.jpg", "/etc/hostname", "google/q/../../../x.jpg", "..\t3"])
+def test_webvision_line_leaving_the_root_names_file_and_line(tmp_path, bad):
+    layout = make_webvision(tmp_path / "wv", imagenet=None)
+    escape = bad if "\t" in bad else f"{bad} 1"
+    write_lines(layout.files["train"], ["google/q/a.jpg 0", escape, "google/q/d.jpg 2"])
+    with pytest.raises(DataError) as info:
+        read_webvision(layout.root, 4)
+    message = str(info.value)
+    assert f"{layout.files['train']} line 2: image path" in message and "leaves the dataset folder" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("bad", ["../outside.jpg", "/tmp/outside.jpg"])
+def test_clothing1m_key_leaving_the_root_names_file_and_line(tmp_path, bad):
+    layout = make_clothing1m(tmp_path / "c1m")
+    keys = layout.files["test"].read_text().splitlines()
+    write_lines(layout.files["test"], keys[:2] + [bad] + keys[2:])
+    with pytest.raises(DataError, match=rf"clean_test_key_list.txt line 3: image path '{bad}' leaves the dataset"):
+        read_clothing1m(layout.root)
+
+
+def test_images_folder_may_be_a_symlink_to_another_disk(tmp_path):
+    layout = make_clothing1m(tmp_path / "c1m")
+    elsewhere = tmp_path / "other_disk" / "images"
+    elsewhere.parent.mkdir()
+    (layout.root / "images").rename(elsewhere)
+    (layout.root / "images").symlink_to(elsewhere, target_is_directory=True)
+    lists = read_clothing1m(layout.root)
+    path, _ = layout.splits["test"][0]
+    image, _, ok = FileImages([lists["test"].paths[0]], bilinear(8))[0]
+    assert ok and lists["test"].paths[0] == path
+    colour = torch.tensor(layout.colours[path], dtype=torch.int16).view(3, 1, 1)
+    assert (image.to(torch.int16) - colour).abs().max() <= 4
+
+
+def test_fifo_named_like_an_image_is_a_bad_image_not_a_hang(tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    with deadline(30):
+        image, _, ok = FileImages([str(fifo)], bilinear(8))[0]
+        assert not ok and not image.any()
+        with pytest.raises(DataError, match=rf"^image {fifo}: cannot be read \(not a regular file\)"):
+            FileImages([str(fifo)], bilinear(8), on_bad_image="error")[0]
+
+
+def test_image_over_the_pixel_cap_is_bad_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (65, 64), (10, 200, 30)).save(path)
+    image, _, ok = FileImages([str(path)], bilinear(8), max_pixels=64 * 64)[0]
+    assert not ok and not image.any()
+    with pytest.raises(DataError, match=r"\(65x64 pixels, over data.max_image_pixels=4096\)"):
+        FileImages([str(path)], bilinear(8), on_bad_image="error", max_pixels=64 * 64)[0]
+    # At the cap it decodes: the test above fails if the cap is off by one or never applied.
+    image, _, ok = FileImages([str(path)], bilinear(8), max_pixels=65 * 64)[0]
+    assert ok and image[:, 4, 4].tolist() == [10, 200, 30]
+
+
+def test_pixel_cap_applies_to_embedded_images_too():
+    from tcl_hf.data import decode_cell
+
+    buffer = io.BytesIO()
+    Image.new("L", (100, 50), 7).save(buffer, format="PNG")
+    array, ok = decode_cell({"bytes": buffer.getvalue(), "path": None}, bilinear(8), "skip", max_pixels=4999)
+    assert not ok and not array.any()
+    array, ok = decode_cell({"bytes": buffer.getvalue(), "path": None}, bilinear(8), "skip", max_pixels=5000)
+    assert ok and array[4, 4].tolist() == [7, 7, 7]
+
+
+@pytest.mark.parametrize("mode, value, fmt", [("I;16", 128 * 257, "PNG"), ("I;16B", 128 * 257, "TIFF"),
+                                              ("I", 128 * 257, "TIFF"), ("F", 0.5, "TIFF")])
+def test_high_bit_depth_images_are_rescaled_not_clipped(tmp_path, mode, value, fmt):
+    path = tmp_path / f"grey.{fmt.lower()}"
+    Image.new(mode, (12, 10), value).save(path, format=fmt)
+    assert Image.open(path).mode == mode  # the case under test really reaches the decoder
+    image, _, ok = FileImages([str(path)], bilinear(8))[0]
+    assert ok and image.unique().tolist() == [128]  # PIL's own convert gives 255 (or 0 for F)
+
+
+@pytest.mark.parametrize("mode, low, high", [("F", 100.0, 300.0), ("F", -1.0, 1.0), ("I", -5, 70000)])
+def test_out_of_range_values_are_min_max_scaled(tmp_path, mode, low, high):
+    path = tmp_path / "halves.tiff"
+    array = np.full((8, 16), low, dtype=np.float32 if mode == "F" else np.int32)
+    array[:, 8:] = high
+    Image.fromarray(array, mode=mode).save(path, format="TIFF")
+    image, _, ok = FileImages([str(path)], bilinear(8))[0]
+    # Shorter side 8 already: the centre 8x8 crop keeps 4 columns of each half.
+    assert ok and image[0, 0, :4].tolist() == [0] * 4 and image[0, 0, 4:].tolist() == [255] * 4
+
+
+def test_imagenet_folder_named_by_a_superscript_digit_is_refused(tmp_path):
+    layout = make_webvision(tmp_path / "wv")
+    (layout.files["imagenet"] / "²").mkdir()  # str.isdigit() says yes, int() says no
+    with pytest.raises(DataError, match="'²'.*neither a class index"):
+        read_webvision(layout.root, 4, imagenet_val=layout.files["imagenet"])
+
+
+@pytest.mark.parametrize("label", [99999999999999999999999, -99999999999999999999999])
+def test_label_beyond_int64_is_out_of_range(tmp_path, label):
+    layout = make_webvision(tmp_path / "wv", imagenet=None)
+    write_lines(layout.files["val"], ["a.jpg 0", f"b.jpg {label}", "c.jpg 1"])
+    with pytest.raises(DataError, match=rf"val_filelist.txt line 2: label {label} out of range; allowed 0..999$"):
+        read_webvision(layout.root, 50)
+
+
+def test_clothing1m_training_keys_without_label_are_left_out_and_counted(tmp_path):
+    layout = make_clothing1m(tmp_path / "c1m")
+    keys = layout.files["train"].read_text().splitlines()
+    unlabelled = ["images/9/99/70001.jpg", "images/9/99/70002.jpg", "images/9/99/70003.jpg"]
+    write_lines(layout.files["train"], unlabelled[:1] + keys[:5] + unlabelled[1:] + keys[5:])
+    train = read_clothing1m(layout.root)["train"]
+    paths, labels = _expected(layout, "train")
+    assert train.paths == paths and train.labels.tolist() == labels and train.unlabelled == 3
+    # A line that does not parse is still an error naming file and line.
+    write_lines(layout.files["train"], keys[:2] + ["images/a.jpg 3"] + keys[2:])
+    with pytest.raises(DataError, match=r"noisy_train_key_list.txt line 3: expected one key"):
+        read_clothing1m(layout.root)

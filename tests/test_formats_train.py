@@ -90,3 +90,40 @@ def test_hf_dataset_with_clean_column_and_lazy_decoding(tmp_path):
     s = _summary(out)
     assert s["noise_rate"] == pytest.approx(float(np.mean(noisy[:32] != clean[:32])))
     assert s["train_samples"] == 32 and s["test_samples"] == 8 and s["bad_images"] == 0
+
+
+def test_clothing1m_run_counts_unlabelled_fifo_and_oversized_images(tmp_path, capfd):
+    import os
+    import signal
+
+    from fixtures import write_lines
+
+    layout = make_clothing1m(tmp_path / "c1m")
+    train = layout.splits["train"]
+    good = [p for p, _ in train if p in layout.colours]
+    os.remove(good[0])
+    os.mkfifo(good[0])  # a FIFO named like an image: opening it would wait forever
+    # 65x64 pixels, one over the cap set below; the fixture's largest image is 64x64.
+    Image.new("RGB", (65, 64), (9, 99, 199)).save(good[1], format="PNG")
+    keys = layout.files["train"].read_text().splitlines()
+    unlabelled = ["images/8/88/80001.jpg", "images/8/88/80002.jpg", "images/8/88/80003.jpg"]
+    write_lines(layout.files["train"], keys[:3] + unlabelled + keys[3:])
+    out = tmp_path / "run"
+
+    def expire(signum, frame):
+        raise TimeoutError("the run hangs")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(240)
+    try:
+        Trainer(load_config(None, [*SMALL, "data.format=clothing1m", f"data.root={layout.root}",
+                                   f"data.max_image_pixels={64 * 64}", f"output_dir={out}"])).train()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    s = _summary(out)
+    bad = sum(p in layout.corrupt | layout.missing for p, _ in train) + 2
+    assert s["unlabelled"] == 3 and "left out 3 listed training image(s)" in capfd.readouterr().out
+    assert s["train_samples"] == len(train) - bad  # listed and labelled, minus unreadable
+    assert s["bad_images"] == bad + sum(p in layout.corrupt | layout.missing
+                                        for split in ("val", "test") for p, _ in layout.splits[split])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -391,3 +392,160 @@ def test_export_cli_errors_for_a_folder_without_a_run(tmp_path, capsys):
     assert export.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "config.yaml" in err
+
+
+# ---- nothing local is published; a push bound to fail stops the run before training -------------------------
+def files_containing(folder: Path, text: str) -> list[str]:
+    """Files under `folder` whose bytes contain `text` (binary-safe: weights included)."""
+    needle = text.encode()
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes())
+
+
+def test_export_carries_no_local_path(tmp_path):
+    local = tmp_path / "home" / "alice"
+    for folder in ("data/food", "webvision", "ilsvrc_val"):
+        (local / folder).mkdir(parents=True)
+    for name in ("labels.npy", "resnet.safetensors"):
+        (local / name).write_bytes(b"x")
+    cfg = run_config(output_dir=str(local / "runs" / "food"), data__path=str(local / "data" / "food"),
+                     data__root=str(local / "webvision"), data__imagenet_val=str(local / "ilsvrc_val"),
+                     noise__type="file", noise__file=str(local / "labels.npy"), model__backbone="preact_resnet_mini",
+                     model__pretrained_file=str(local / "resnet.safetensors"))
+    model = trained_like("preact_resnet_mini", num_classes=3)
+    out = hub.export_hub_folder(model, torch.zeros(3, 8), tmp_path / "hub", run_config=cfg, metrics=METRICS,
+                                label_names=["a", "b", "c"], contract=SMALL)
+    assert files_containing(out, str(tmp_path)) == []
+    assert files_containing(out, "alice") == []
+    published = json.loads((out / hub.TCL_CONFIG).read_text())["run_config"]
+    assert published["output_dir"] == "food" and published["data"]["path"] == "./food"
+    assert published["noise"]["file"] == "labels.npy" and published["model"]["pretrained_file"] == "resnet.safetensors"
+    assert (published["data"]["root"], published["data"]["imagenet_val"]) == ("webvision", "ilsvrc_val")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.datasets is None  # a local folder is not a Hub dataset
+    assert f'timm.create_model("{hub.LOCAL_LOAD_REF}", pretrained=True)' in card.text
+    # The caller's config is left as it was.
+    assert cfg["data"]["path"] == str(local / "data" / "food")
+
+
+def test_export_keeps_hub_dataset_ids():
+    public = hub.public_config(run_config(data__path="uoft-cs/cifar10", output_dir="runs/x"))
+    assert public["data"]["path"] == "uoft-cs/cifar10" and public["output_dir"] == "x"
+
+
+def test_trained_run_publishes_no_local_path(tiny_run):
+    run_dir, _, _ = tiny_run
+    assert files_containing(run_dir / "hub", str(run_dir.parent)) == []
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """The network allowed (as without HF_HUB_OFFLINE); every Hub call must still be patched."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def whoami_answers(answer):
+        def whoami(api, *args, **kwargs):
+            calls.append(api.token)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        monkeypatch.setattr(HfApi, "whoami", whoami)
+        return calls
+    return whoami_answers
+
+
+def no_token(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+WRITE_TOKEN = {"name": "me", "auth": {"accessToken": {"role": "write"}}}
+
+
+def test_token_check_accepts_a_write_token(online, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
+    calls = online(WRITE_TOKEN)
+    hub.check_push_token("me/tcl-run")
+    assert calls == ["hf_good"]
+
+
+@pytest.mark.parametrize("answer, needles", [
+    (lambda: http_error(401, "Invalid user token."), ["HTTP 401", "Invalid user token"]),
+    (lambda: {"name": "me", "auth": {"accessToken": {"role": "read"}}}, ["read-only"]),
+])
+def test_token_check_refuses_what_the_hub_rejects(online, monkeypatch, answer, needles):
+    monkeypatch.setenv("HF_TOKEN", "hf_bad")
+    online(answer())
+    with pytest.raises(TCLError) as info:
+        hub.check_push_token("me/tcl-run")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("hub.repo_id: cannot push to 'me/tcl-run'")
+    assert "HF_HUB_OFFLINE=1" in message and all(needle in message for needle in needles)
+
+
+def test_token_check_without_a_token_needs_no_request(online, monkeypatch, tmp_path):
+    no_token(monkeypatch, tmp_path)
+    calls = online(WRITE_TOKEN)
+    with pytest.raises(TCLError, match=r"^hub.repo_id: pushing to 'me/tcl-run' needs a Hugging Face token"):
+        hub.check_push_token("me/tcl-run")
+    assert calls == []
+
+
+def test_token_check_is_skipped_offline_or_without_a_repo(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    no_token(monkeypatch, tmp_path)
+    monkeypatch.setattr(HfApi, "whoami", lambda *a, **k: pytest.fail("no request offline"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub.check_push_token("me/tcl-run")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    hub.check_push_token(None)
+
+
+def test_trainer_checks_the_token_before_any_work(online, monkeypatch, tmp_path):
+    from tcl_hf.trainer import Trainer
+
+    monkeypatch.setenv("HF_TOKEN", "hf_bad")
+    online(http_error(401, "Invalid user token."))
+    out = tmp_path / "run"
+    cfg = load_config(None, ["data.format=digits", "model.backbone=preact_resnet_mini", "hub.repo_id=me/tcl-run",
+                             f"output_dir={out}"])
+    with pytest.raises(TCLError, match="HTTP 401"):
+        Trainer(cfg)
+    assert not out.exists()  # refused before the run folder, the data or the model
+
+
+def test_offline_run_still_trains_exports_then_fails_the_push(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "HF_TOKEN": "hf_test_token"}
+    proc = subprocess.run([sys.executable, "train.py", "data.format=digits", "data.limit=64", "data.image_size=16",
+                           "model.backbone=preact_resnet_mini", "model.proj_dim=16", "train.epochs=1",
+                           "train.batch_size=16", "eval.knn_k=5", "log.progress=false", "hub.repo_id=me/tcl-run",
+                           f"output_dir={out}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "push to 'me/tcl-run' failed" in errors[0] and str(out / "hub") in errors[0]
+    assert (out / "summary.json").is_file() and HUB_FILES <= {p.name for p in (out / "hub").iterdir()}
+
+
+def test_reexport_without_push_needs_no_token_for_the_saved_repo(tiny_run, online, tmp_path):
+    import shutil
+
+    import yaml
+
+    from tcl_hf import export
+
+    run_dir, _, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    saved["hub"]["repo_id"] = "me/tcl-run"
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    calls = online(http_error(401, "Invalid user token."))
+    assert export.main([str(copy)]) == 0
+    assert calls == []

@@ -73,7 +73,7 @@ def test_unwritable_output_dir_is_refused_before_work():
 
 
 def test_huge_lr_stops_with_one_line(tmp_path):
-    proc = _cli(*TINY, f"output_dir={tmp_path}", "optim.lr=1e12")
+    proc = _cli(*TINY, f"output_dir={tmp_path}", "optim.lr=1e6")  # the largest lr allowed
     _one_line_error(proc, "diverged", "step", "loss")
     assert not (tmp_path / "summary.json").exists()
 
@@ -238,3 +238,90 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     message = str(err.value)
     assert "No space left on device" in message and "step_00000006" in message and "\n" not in message
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000006"]
+
+
+# ---- bad input through the command line: one line, exit 2, no traceback ---------------------------------
+def _crafted_label_file(tmp_path):
+    import torch
+    from fixtures import WritesAFile
+
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save({"clean_label": np.zeros(96, dtype=np.int64), "aggre_label": WritesAFile(tmp_path / "marker")}, path)
+    return [*TINY, "noise.type=cifarn", f"noise.file={path}", "noise.label_set=aggre"], [str(path), "noise.file"]
+
+
+def _recipe_of_bytes(content: bytes):
+    def build(tmp_path):
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_bytes(content)
+        return [str(recipe), *TINY], [str(recipe)]
+    return build
+
+
+def _override(*overrides: str, key: str):
+    return lambda tmp_path: ([*TINY, *overrides], [key])
+
+
+def _webvision(tmp_path, **kwargs):
+    from fixtures import make_webvision
+
+    layout = make_webvision(tmp_path / "wv", **kwargs)
+    args = [*TINY, "data.format=webvision", f"data.root={layout.root}", "data.num_classes=4", "data.limit=null",
+            "train.batch_size=4", "noise.type=none"]
+    return layout, args
+
+
+def _huge_label(tmp_path):
+    from fixtures import write_lines
+
+    layout, args = _webvision(tmp_path, imagenet=None)
+    write_lines(layout.files["val"], ["a.jpg 0", "b.jpg 99999999999999999999999", "c.jpg 1"])
+    return args, ["val_filelist.txt line 2", "99999999999999999999999", "allowed 0..999"]
+
+
+def _superscript_class_folder(tmp_path):
+    layout, args = _webvision(tmp_path)
+    (layout.files["imagenet"] / "²").mkdir()
+    return [*args, f"data.imagenet_val={layout.files['imagenet']}"], ["data.imagenet_val", "'²'"]
+
+
+def _resume_with_saved_config(content: bytes):
+    def build(tmp_path):
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / "config.yaml").write_bytes(content)
+        return [*TINY, f"output_dir={out}", "train.resume=true"], ["train.resume", "config.yaml"]
+    return build
+
+
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de")
+CLI_CASES = {
+    "crafted_label_file": _crafted_label_file,
+    "png_as_recipe": _recipe_of_bytes(PNG + bytes(range(256))),
+    "random_bytes_as_recipe": _recipe_of_bytes(np.random.default_rng(0).integers(0, 256, 512, np.uint8).tobytes()),
+    "control_characters_in_recipe": _recipe_of_bytes(b"seed: 0\n\x00\x01\x02\n"),
+    "negative_noise_seed": _override("noise.seed=-1", key="noise.seed"),
+    "seed_beyond_2_32": _override("seed=73786976294838206464", key="seed"),
+    "lr_overflowing_float32": _override("optim.lr=1e300", key="optim.lr"),
+    "temperature_underflowing": _override("tcl.temperature=1e-300", key="tcl.temperature"),
+    "image_size_20000": _override("data.image_size=20000", key="data.image_size"),
+    "batch_of_one_for_batchnorm": _override("method=ce", "train.batch_size=1", key="train.batch_size"),
+    "repo_id_with_spaces": _override("hub.repo_id=me/my model", key="hub.repo_id"),
+    "repo_id_without_namespace": _override("hub.repo_id=my-model", key="hub.repo_id"),
+    "label_beyond_int64": _huge_label,
+    "superscript_class_folder": _superscript_class_folder,
+    "binary_config_on_resume": _resume_with_saved_config(PNG),
+    "invalid_yaml_config_on_resume": _resume_with_saved_config(b"seed: [0\n"),
+    "non_mapping_config_on_resume": _resume_with_saved_config(b"- seed\n- 0\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, case):
+    args, needles = CLI_CASES[case](tmp_path)
+    if not any(a.startswith("output_dir=") for a in args):
+        args = [*args, f"output_dir={tmp_path / 'run'}"]
+    proc = _cli(*args, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    _one_line_error(proc, *needles)
+    assert not (tmp_path / "marker").exists()  # the crafted label file ran nothing
