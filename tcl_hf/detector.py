@@ -60,10 +60,11 @@ def soft_assignments(z: torch.Tensor, prototypes: torch.Tensor, temperature: flo
 def fit_gmm2_batched(values: torch.Tensor, mask: torch.Tensor, seed: int = GMM_SEED) -> torch.Tensor:
     """Posterior of the lower-mean component of a 2-component GMM fitted to each row of ``values``.
 
-    values [G, n] float64, mask [G, n] bool (True where a row holds a sample). Each row is fitted on
-    its own, as ``GaussianMixture(n_components=2, random_state=seed).fit(row[mask])`` would: padding
-    never enters a sum, and a row's result does not depend on the other rows. Every row needs at
-    least two distinct values (callers filter degenerate rows). Returns [G, n] float64, 0 at padding.
+    values [G, n] float64; mask [G, n] bool, each row's samples first (in the order scikit-learn
+    would see them: k-means++ picks its first centre by position), then padding. Each row is fitted
+    on its own, as ``GaussianMixture(n_components=2, random_state=seed).fit(row[mask])`` would:
+    padding never enters a sum, and a row's result does not depend on the other rows. Every row needs
+    at least two distinct values (callers filter degenerate rows). Returns [G, n] float64, 0 at padding.
     """
     values = torch.where(mask, values, 0.0)  # whatever the padding holds (even NaN) stays out of every sum
     count = mask.sum(dim=1).to(values.dtype)
