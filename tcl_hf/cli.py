@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         from .config import load_config
 
         cfg = load_config(recipe, overrides)
-        from .trainer import Trainer  # after validation: a typo is reported before the heavy imports
+        from .job import run_job  # after validation: a typo is reported before the heavy imports
 
-        Trainer(cfg).train()
+        run_job(cfg)
     except TCLError as exc:
         if _is_main_process():
             print(f"error: {one_line(exc)}", file=sys.stderr)

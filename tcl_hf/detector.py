@@ -33,6 +33,8 @@ GMM_SEED = 0
 # Iterations between the host syncs that ask whether every class has stopped: a class that stopped
 # is frozen at once, so checking less often only costs a few idle iterations, never changes a result.
 SYNC_EVERY = 3
+# A label counts as clean when its confidence is above this and is flagged noisy below it (spec 2.6).
+CLEAN_THRESHOLD = 0.5
 
 
 @dataclass
@@ -40,7 +42,7 @@ class EMResult:
     prototypes: torch.Tensor   # [C, d] unit vectors
     assignments: torch.Tensor  # [N, C] soft cluster assignments gamma
     confidences: torch.Tensor  # [N] posterior that the given label is clean
-    clean_ratio: float         # fraction of samples with confidence > 0.5
+    clean_ratio: float         # fraction of samples with confidence > CLEAN_THRESHOLD
 
 
 def class_prototypes(z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -298,7 +300,7 @@ def em_step(z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor, temperature:
     # A sample whose own label's cluster barely claims it is likely mislabelled.
     scores = -gamma.gather(1, labels.view(-1, 1)).squeeze(1)
     conf = confidences_from_scores(scores, labels, per_class, p.shape[1], backend).float()
-    return EMResult(prototypes, gamma, conf, float((conf > 0.5).float().mean()))
+    return EMResult(prototypes, gamma, conf, float((conf > CLEAN_THRESHOLD).float().mean()))
 
 
 def prediction_confidences(p: torch.Tensor, labels: torch.Tensor, per_class: bool = False,

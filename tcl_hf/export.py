@@ -1,7 +1,8 @@
-"""Publish a run: the Hub folder, the label-issue report and the plots; then, optionally, the push.
+"""Publish a finished run: the Hub folder (the classifier as a timm model, the full TCL state, the model card),
+the label-issue report and the plots — all written from a ``RunResult``, never from a live trainer.
 
-``publish_run`` is what the trainer calls at the end of a run (main process only), followed by
-``tcl_hf.hub.push_folder`` when a repo is named; the command line re-exports a finished run from its
+``publish_run`` is what ``train.py`` does after training (main process only), followed by
+``tcl_hf.hub.push_folder`` when a repo is named. The command line re-exports a finished run from its
 newest checkpoint:
 
     python -m tcl_hf.export RUN_DIR [--push REPO_ID] [--private] [--revision BRANCH]
@@ -14,11 +15,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import to_dict
+import safetensors.torch
+import torch
+from timm.models import save_for_hf
+
+from .card import LOCAL_LOAD_REF, model_card, public_config
+from .data.contract import InputContract
 from .errors import TCLError
-from .hub import export_hub_folder, push_folder
+from .hub import PROTOTYPES_KEY, TCL_CONFIG, TCL_WEIGHTS, push_folder
+from .models import TCLModel, classifier_from_tcl
 from .report import label_issues, make_plots, write_label_issues
-from .rundir import CONFIG_FILE, HUB_DIR, SUMMARY_FILE
+from .result import RunResult
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE
 
 
 @dataclass
@@ -28,32 +36,68 @@ class Published:
     plots: list[Path]
 
 
-def publish_run(trainer, metrics: dict, *, repo_id: str | None = None) -> Published:
-    """Write ``<output_dir>/hub``, ``label_issues.csv`` and ``plots/`` for a trained ``Trainer``.
+# ---- Hub folder: weights, timm config, model card ----------------------------------------------------------
+def export_classifier(model: TCLModel, out_dir: str | Path, *, backbone: str, label_names: list[str],
+                      contract: InputContract, in_chans: int = 3) -> Path:
+    """Write the classifier as model.safetensors + config.json in timm's format to ``out_dir``.
 
-    Call on the main process after the last EM step (``trainer.detect_noise()``), which supplies the
-    confidences, prototypes and the predictions used here. ``repo_id`` only sets the card's loading example.
+    The config's data section is the run's input contract, so ``timm.data.create_transform`` on the loaded
+    model rebuilds the evaluation preprocessing under which the run's accuracy was measured.
     """
-    if trainer.train_probs is None:
-        raise TCLError("publish_run needs the predictions of an EM step; call trainer.detect_noise() first")
-    output_dir = trainer.output_dir
-    data = trainer.data
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    # Unreadable images have no verdict; the report covers the samples the detector saw.
-    keep = ~trainer.train_bad.cpu().numpy()
-    index = keep.nonzero()[0]
-    given = trainer.given_labels.cpu().numpy()[keep]
-    predicted = trainer.train_probs.argmax(dim=1).cpu().numpy()[keep]
-    clean_prob = trainer.state.confidences.cpu().numpy()[keep]
-    clean = trainer.clean_labels[keep] if trainer.clean_labels is not None else None
+    classifier = classifier_from_tcl(model, backbone, in_chans)
+    # timm leaves the dropout rate out of the recorded model args unless it is given explicitly.
+    save_for_hf(classifier, out_dir, model_config={"label_names": list(label_names)},
+                model_args={"drop_rate": classifier.drop_rate}, safe_serialization=True,
+                data_config=contract.timm_data_config(in_chans))
+    return Path(out_dir)
 
-    hub_dir = export_hub_folder(model, trainer.state.prototypes, output_dir / HUB_DIR,
-                                run_config=to_dict(trainer.cfg), metrics=metrics, label_names=data.class_names,
-                                contract=data.contract, repo_id=repo_id)
-    table = label_issues(given, predicted, clean_prob, clean, data.class_names)
-    table["index"] = index[table["index"].to_numpy()]
-    issues = write_label_issues(output_dir, table)
-    plots = make_plots(output_dir, clean_prob, given, clean, data.class_names)
+def save_tcl_pretrained(model: TCLModel, prototypes: torch.Tensor, out_dir: str | Path, run_config: dict,
+                        class_names: list[str] | None = None) -> Path:
+    """Write the whole TCL module and its prototypes [C, d] (safetensors) with the config that rebuilds them."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mdl = run_config["model"]
+    model_args = {"backbone": mdl["backbone"], "num_classes": model.num_classes,
+                  "proj_dim": model.projector[3].out_features, "dropout": model.classifier[3].p}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors[PROTOTYPES_KEY] = prototypes.detach().cpu().float().contiguous()
+    safetensors.torch.save_file(tensors, out_dir / TCL_WEIGHTS, metadata={"format": "pt"})
+    config = {"model_args": model_args, "class_names": class_names, "run_config": run_config}
+    (out_dir / TCL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
+
+def export_hub_folder(model: TCLModel, prototypes: torch.Tensor, out_dir: str | Path, *, run_config: dict,
+                      metrics: dict, label_names: list[str], contract: InputContract,
+                      repo_id: str | None = None) -> Path:
+    """The folder to publish: the timm classifier, the full TCL state and the model card (README.md).
+
+    ``run_config`` is ``tcl_hf.config.to_dict(cfg)``; ``metrics`` holds the run's final numbers
+    (test_acc, knn_acc, noise_auc, ...); ``repo_id`` only changes the loading example in the card.
+    """
+    out_dir = Path(out_dir)
+    run_config = public_config(run_config)
+    export_classifier(model, out_dir, backbone=run_config["model"]["backbone"], label_names=label_names,
+                      contract=contract)
+    save_tcl_pretrained(model, prototypes, out_dir, run_config, class_names=list(label_names))
+    load_ref = f"hf-hub:{repo_id}" if repo_id else LOCAL_LOAD_REF
+    model_card(run_config, metrics, load_ref=load_ref).save(out_dir / "README.md")
+    return out_dir
+
+
+def publish_run(result: RunResult, *, repo_id: str | None = None) -> Published:
+    """Write ``<output_dir>/hub``, ``label_issues.csv`` and ``plots/`` for a finished run.
+
+    ``repo_id`` only sets the card's loading example; pushing is ``tcl_hf.hub.push_folder``'s job.
+    """
+    out = result.output_dir
+    hub_dir = export_hub_folder(result.model, result.prototypes, out / HUB_DIR, run_config=result.config,
+                                metrics=result.summary, label_names=result.class_names, contract=result.contract,
+                                repo_id=repo_id)
+    # Unreadable images have no verdict; the report covers the samples the detector saw, by training row.
+    table = label_issues(result.given, result.predicted, result.clean_prob, result.clean, result.class_names)
+    table["index"] = result.index[table["index"].to_numpy()]
+    issues = write_label_issues(out, table)
+    plots = make_plots(out, result.clean_prob, result.given, result.clean, result.class_names)
     return Published(hub_dir, issues, plots)
 
 
@@ -69,8 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export_finished_run(run_dir: str | Path, repo_id: str | None = None) -> Published:
-    """Rebuild the trainer of ``run_dir`` from its config and newest checkpoint, then ``publish_run``."""
+def finished_run(run_dir: str | Path) -> RunResult:
+    """The ``RunResult`` of ``run_dir``, rebuilt from its config and newest checkpoint (EM step and evaluation
+    recomputed, so the card describes exactly the checkpoint being exported)."""
     from .config import load_config, read_recipe
     from .trainer import Trainer
 
@@ -84,14 +129,15 @@ def export_finished_run(run_dir: str | Path, repo_id: str | None = None) -> Publ
     if saved_dir is None or Path(saved_dir).resolve() != run_dir.resolve():
         # The run was moved or is named from elsewhere: point the trainer at where it is now.
         overrides.append(f"output_dir={run_dir}")
-    cfg = load_config(recipe, overrides)
-    trainer = Trainer(cfg)
-    if not trainer.resume():
-        raise TCLError(f"{run_dir / 'checkpoints'} holds no complete checkpoint; nothing to export")
-    # Recomputed, so the card describes exactly the checkpoint being exported.
-    em = trainer.detect_noise()
-    metrics = {**_summary(run_dir), **trainer.evaluate(), **em, "epochs_completed": trainer.state.epoch}
-    return publish_run(trainer, metrics, repo_id=repo_id)
+    trainer = Trainer(load_config(recipe, overrides))
+    try:
+        if not trainer.resume():
+            raise TCLError(f"{run_dir / CHECKPOINTS_DIR} holds no complete checkpoint; nothing to export")
+        em = trainer.detect_noise()
+        summary = {**_summary(run_dir), **trainer.evaluate(), **em, "epochs_completed": trainer.state.epoch}
+        return trainer.result(summary)
+    finally:
+        trainer.close()
 
 
 def _summary(run_dir: Path) -> dict:
@@ -102,7 +148,7 @@ def _summary(run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        published = export_finished_run(args.run_dir, repo_id=args.push)
+        published = publish_run(finished_run(args.run_dir), repo_id=args.push)
         print(f"exported {published.hub_dir}, {published.label_issues} and {len(published.plots)} plot(s)")
         if args.push:
             url = push_folder(published.hub_dir, args.push, private=args.private, revision=args.revision)

@@ -1,17 +1,22 @@
-"""Networks: the spec's CIFAR PreAct ResNets as real timm models, and the TCL model (encoder + heads).
+"""Networks: the spec's CIFAR PreAct ResNets as real timm models, the TCL model (encoder + heads), and the
+exported classifier (``tcl_classifier``: any timm backbone + TCL's classifier head).
 
 Importing this module registers ``preact_resnet18_cifar`` (the reference encoder),
 ``preact_resnet18_textbook`` (He et al.'s variant, for comparison) and ``preact_resnet_mini`` (a small
-reference-style one for CPU demos and tests) with timm, so
-``timm.create_model`` builds them like any other architecture.
+reference-style one for CPU demos and tests) and ``tcl_classifier`` with timm, so ``timm.create_model``
+builds them like any other architecture and an export loads back with
+``timm.create_model("local-dir:<dir>", pretrained=True)`` or ``"hf-hub:<repo>"``.
 """
 from __future__ import annotations
 
 import timm
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .errors import TCLError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -175,3 +180,111 @@ class TCLModel(nn.Module):
     def forward(self, x):
         h = self.encoder(x)
         return F.normalize(self.projector(h), dim=1), self.classifier(h)
+
+
+def build_tcl_model(model_cfg, num_classes: int, sync_bn: bool = False) -> TCLModel:
+    """The run's TCLModel from ``model.*``; weights that cannot be loaded give one line saying what to do."""
+    weights = model_cfg.pretrained_file
+    pretrained = model_cfg.pretrained or weights is not None
+    try:
+        model = TCLModel(model_cfg.backbone, num_classes, model_cfg.proj_dim, model_cfg.dropout, pretrained=pretrained,
+                         pretrained_cfg_overlay=dict(file=weights) if weights else None)
+    except Exception as exc:  # hub lookups and state-dict loading raise many types
+        if not pretrained:
+            raise
+        source = weights or "the Hugging Face Hub"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TCLError(f"model.pretrained: cannot load {model_cfg.backbone!r} weights from {source} "
+                       f"({reason[:160]}); offline, give model.pretrained_file=WEIGHTS or set "
+                       f"model.pretrained=false") from None
+    if sync_bn:
+        # Must happen before accelerate's prepare(): DDP wraps whatever modules exist at that point.
+        # (PyTorch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+# ---- the exported classifier -----------------------------------------------------------------------------------
+ARCHITECTURE = "tcl_classifier"
+
+# The classifier head is Linear-BN-ReLU-Dropout-Linear-BN: the last two layers depend on the class count.
+_CLASS_LAYERS = ("classifier.4.", "classifier.5.")
+
+# ---- the exported architecture -------------------------------------------------------------------------------
+class TCLClassifier(nn.Module):
+    """TCL's encoder f (a timm backbone, pooled features) and classifier c: TCLModel without the projector.
+
+    Module names match TCLModel's, so a trained TCLModel's ``encoder.*`` and ``classifier.*`` weights load as is.
+    """
+
+    def __init__(self, backbone: str = "preact_resnet18_cifar", num_classes: int = 10, in_chans: int = 3,
+                 drop_rate: float = 0.0, img_size=None):
+        super().__init__()
+        # Fixed-size backbones (ViTs) receive img_size from timm's loader; others must not see it.
+        size_arg = {} if img_size is None else {"img_size": img_size}
+        self.encoder = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **size_arg)
+        self.num_features = self.head_hidden_size = self.encoder.num_features
+        self.in_chans, self.drop_rate = in_chans, drop_rate
+        self.classifier = classifier_head(self.num_features, max(num_classes, 1), drop_rate)
+        self.reset_classifier(num_classes)
+        # timm reads these traits to adapt the stem to other channel counts and to record the input contract.
+        first_conv = self.encoder.pretrained_cfg.get("first_conv")
+        if isinstance(first_conv, str):
+            first_conv = f"encoder.{first_conv}"
+        elif first_conv:
+            first_conv = tuple(f"encoder.{name}" for name in first_conv)
+        self._traits = {"first_conv": first_conv,
+                        "fixed_input_size": bool(self.encoder.pretrained_cfg.get("fixed_input_size", False))}
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[4]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New class layers for fine-tuning; 0 classes leaves the head's hidden features as the output."""
+        if global_pool is not None:
+            self.encoder.reset_classifier(0, global_pool)
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.classifier[4] = nn.Linear(self.num_features, num_classes)
+            self.classifier[5] = nn.BatchNorm1d(num_classes)
+        else:
+            self.classifier[4], self.classifier[5] = nn.Identity(), nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        h = self.encoder.forward_head(x)
+        return self.classifier[:4](h) if pre_logits else self.classifier(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(x))
+
+def _drop_class_layers_if_resized(state_dict: dict, model: TCLClassifier) -> dict:
+    """Loading with another num_classes (fine-tuning) keeps the encoder and the shared head layers only."""
+    if state_dict["classifier.4.weight"].shape[0] == model.num_classes:
+        return state_dict
+    return {k: v for k, v in state_dict.items() if not k.startswith(_CLASS_LAYERS)}
+
+classifier_cfgs = generate_default_cfgs({
+    ARCHITECTURE: {
+        "num_classes": 10, "input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bilinear",
+        "mean": CIFAR10_MEAN, "std": CIFAR10_STD, "classifier": "classifier.4", "license": "apache-2.0",
+    },
+})
+
+@register_model
+def tcl_classifier(pretrained: bool = False, **kwargs) -> TCLClassifier:
+    """Any timm backbone (``backbone=<timm name>``) followed by TCL's classifier head."""
+    return build_model_with_cfg(TCLClassifier, ARCHITECTURE, pretrained,
+                                pretrained_filter_fn=_drop_class_layers_if_resized, **kwargs)
+
+def classifier_from_tcl(model: TCLModel, backbone: str, in_chans: int = 3) -> TCLClassifier:
+    """A ``tcl_classifier`` carrying the trained encoder and classifier weights of ``model``."""
+    dropout = model.classifier[3].p
+    classifier = timm.create_model(ARCHITECTURE, backbone=backbone, num_classes=model.num_classes,
+                                   in_chans=in_chans, drop_rate=dropout)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("projector.")}
+    # Strict: every trained tensor must land, or the export would not reproduce the trained logits.
+    classifier.load_state_dict(weights)
+    return classifier.eval()

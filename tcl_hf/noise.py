@@ -93,7 +93,7 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
     if noise_type == "file":
         return load_label_file(file, full_size if full_size is not None else len(labels), num_classes, limit)
     if noise_type == "cifarn":
-        from .cifarn import load_cifarn_labels
+        from .data.cifarn import load_cifarn_labels
 
         noisy = load_cifarn_labels(file, label_set, labels, limit)
         # Checked here, where the class count is known: out of range, a label would fail deep in the loss.

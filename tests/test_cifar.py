@@ -23,7 +23,7 @@ def parquet_labels(cifar10_dir, split, n):
 
 
 def test_load_data_reads_cifar10_in_canonical_order(cifar10_dir):
-    from tcl_hf.contract import InputContract
+    from tcl_hf.data.contract import InputContract
     from tcl_hf.data import load_data
 
     cfg = load_config(None, [f"data.path={cifar10_dir}", "data.limit=64"])

@@ -14,7 +14,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_M
 
 import tcl_hf  # noqa: F401  (registers tcl_classifier with timm)
 from tcl_hf.config import load_config
-from tcl_hf.contract import resolve_input_contract
+from tcl_hf.data.contract import resolve_input_contract
+from tcl_hf.export import publish_run
 from tcl_hf.trainer import Trainer
 
 
@@ -68,7 +69,8 @@ def exported_224(tmp_path_factory, fresh_accelerate_module):
                              "train.max_steps=1", "model.proj_dim=8", "eval.knn_k=4", "log.progress=false",
                              f"output_dir={root / 'run'}"])
     trainer = Trainer(cfg)
-    trainer.train()
+    publish_run(trainer.result(trainer.train()))
+    trainer.close()
     return trainer, images["test"], root / "run" / "hub"
 
 

@@ -16,9 +16,10 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
 from sklearn.metrics import roc_auc_score
 
-from tcl_hf import hub
+from tcl_hf import export, hub
+from tcl_hf.card import LOCAL_LOAD_REF, model_card, public_config
 from tcl_hf.config import Config, load_config, to_dict
-from tcl_hf.contract import InputContract
+from tcl_hf.data.contract import InputContract
 from tcl_hf.errors import TCLError
 from tcl_hf.models import TCLModel
 
@@ -65,7 +66,7 @@ METRICS = {"test_acc": 0.8125, "knn_acc": 0.75, "noise_auc": 0.9375, "noise_prec
 def test_local_dir_round_trip_gives_the_trained_logits(tmp_path, backbone):
     model = trained_like(backbone)
     names = ["cat", "dog", "frog", "ship"]
-    out = hub.export_classifier(model, tmp_path / "hub", backbone=backbone, label_names=names,
+    out = export.export_classifier(model, tmp_path / "hub", backbone=backbone, label_names=names,
                                 contract=SMALL.with_stats((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
     loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     x = torch.randn(5, 3, 16, 16)
@@ -89,7 +90,7 @@ def test_local_dir_round_trip_gives_the_trained_logits(tmp_path, backbone):
 
 def test_export_loads_with_other_class_counts_for_fine_tuning(tmp_path):
     model = trained_like("preact_resnet_mini")
-    out = hub.export_classifier(model, tmp_path, backbone="preact_resnet_mini", label_names=list("abcd"),
+    out = export.export_classifier(model, tmp_path, backbone="preact_resnet_mini", label_names=list("abcd"),
                                 contract=SMALL)
     x = torch.randn(3, 3, 16, 16)
     three = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=3).eval()
@@ -104,7 +105,7 @@ def test_export_loads_with_other_class_counts_for_fine_tuning(tmp_path):
 
 def test_import_tcl_hf_is_enough_to_load_an_export(tmp_path):
     model = trained_like("preact_resnet_mini")
-    out = hub.export_classifier(model, tmp_path / "hub", backbone="preact_resnet_mini", label_names=list("abcd"),
+    out = export.export_classifier(model, tmp_path / "hub", backbone="preact_resnet_mini", label_names=list("abcd"),
                                 contract=SMALL)
     torch.manual_seed(1)
     x = torch.randn(2, 3, 16, 16)
@@ -123,7 +124,7 @@ def test_full_state_round_trip(tmp_path):
     model = trained_like("preact_resnet_mini", num_classes=3)
     prototypes = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     cfg = run_config(model__backbone="preact_resnet_mini", model__proj_dim=8)
-    hub.save_tcl_pretrained(model, prototypes, tmp_path, cfg, class_names=["a", "b", "c"])
+    export.save_tcl_pretrained(model, prototypes, tmp_path, cfg, class_names=["a", "b", "c"])
     loaded, loaded_prototypes, config = hub.load_tcl_pretrained(tmp_path)
     assert set(loaded.state_dict()) == set(model.state_dict())
     for key, value in model.state_dict().items():
@@ -138,7 +139,7 @@ def test_full_state_round_trip(tmp_path):
 
 def test_full_state_from_a_hub_repo_downloads_the_two_files(tmp_path, monkeypatch):
     model = trained_like("preact_resnet_mini", num_classes=3)
-    hub.save_tcl_pretrained(model, torch.zeros(3, 8), tmp_path, run_config(model__backbone="preact_resnet_mini"))
+    export.save_tcl_pretrained(model, torch.zeros(3, 8), tmp_path, run_config(model__backbone="preact_resnet_mini"))
     calls = []
 
     def fake_download(repo_id, filename, revision=None):
@@ -166,7 +167,7 @@ def test_model_card_parses_with_metadata_and_metrics(tmp_path):
     model = trained_like("preact_resnet_mini", num_classes=10)
     cfg = run_config(model__backbone="preact_resnet_mini", data__path="uoft-cs/cifar10", noise__type="sym",
                      noise__rate=0.4)
-    out = hub.export_hub_folder(model, torch.zeros(10, 8), tmp_path / "hub", run_config=cfg, metrics=METRICS,
+    out = export.export_hub_folder(model, torch.zeros(10, 8), tmp_path / "hub", run_config=cfg, metrics=METRICS,
                                 label_names=[f"c{k}" for k in range(10)], contract=SMALL, repo_id="user/tcl-cifar10")
     assert {p.name for p in out.iterdir()} == HUB_FILES
     card = ModelCard.load(out / "README.md")
@@ -185,7 +186,7 @@ def test_model_card_parses_with_metadata_and_metrics(tmp_path):
 
 def test_model_card_without_clean_labels_has_no_detection_metrics():
     cfg = run_config(model__backbone="resnet18", data__format="digits")
-    card = hub.model_card(cfg, {"test_acc": 0.5, "knn_acc": 0.4, "clean_ratio_est": 0.9}, load_ref="local-dir:x")
+    card = model_card(cfg, {"test_acc": 0.5, "knn_acc": 0.4, "clean_ratio_est": 0.9}, load_ref="local-dir:x")
     parsed = ModelCard(str(card))
     assert [r.metric_type for r in parsed.data.eval_results] == ["accuracy", "accuracy"]
     assert parsed.data.datasets is None  # the digits are not a Hub dataset
@@ -196,7 +197,7 @@ def test_model_card_without_clean_labels_has_no_detection_metrics():
 @pytest.fixture
 def hub_folder(tmp_path):
     model = trained_like("preact_resnet_mini", num_classes=3)
-    return hub.export_hub_folder(model, torch.zeros(3, 8), tmp_path / "hub", metrics=METRICS,
+    return export.export_hub_folder(model, torch.zeros(3, 8), tmp_path / "hub", metrics=METRICS,
                                  run_config=run_config(model__backbone="preact_resnet_mini"),
                                  label_names=["a", "b", "c"], contract=SMALL)
 
@@ -335,12 +336,11 @@ def tiny_run(tmp_path_factory):
                                  f"output_dir={run_dir}"])
         trainer = Trainer(cfg)
         summary = trainer.train()
+        trainer.close()  # frees the run folder for the re-exports below
     return run_dir, trainer, summary
 
 
 def test_export_cli_reexports_a_finished_run(tiny_run, capsys):
-    from tcl_hf import export
-
     run_dir, trainer, summary = tiny_run
     assert export.main([str(run_dir)]) == 0
     assert "exported" in capsys.readouterr().out
@@ -373,8 +373,6 @@ def test_export_cli_reexports_a_finished_run(tiny_run, capsys):
 
 
 def test_export_cli_push_failure_exits_2_with_one_line(tiny_run, monkeypatch, capsys):
-    from tcl_hf import export
-
     run_dir, _, _ = tiny_run
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     fake = FakeHub(monkeypatch, fail_with=http_error(403, "You don't have the rights to create a model here"))
@@ -387,8 +385,6 @@ def test_export_cli_push_failure_exits_2_with_one_line(tiny_run, monkeypatch, ca
 
 
 def test_export_cli_errors_for_a_folder_without_a_run(tmp_path, capsys):
-    from tcl_hf import export
-
     assert export.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "config.yaml" in err
@@ -412,7 +408,7 @@ def test_export_carries_no_local_path(tmp_path):
                      noise__type="file", noise__file=str(local / "labels.npy"), model__backbone="preact_resnet_mini",
                      model__pretrained_file=str(local / "resnet.safetensors"))
     model = trained_like("preact_resnet_mini", num_classes=3)
-    out = hub.export_hub_folder(model, torch.zeros(3, 8), tmp_path / "hub", run_config=cfg, metrics=METRICS,
+    out = export.export_hub_folder(model, torch.zeros(3, 8), tmp_path / "hub", run_config=cfg, metrics=METRICS,
                                 label_names=["a", "b", "c"], contract=SMALL)
     assert files_containing(out, str(tmp_path)) == []
     assert files_containing(out, "alice") == []
@@ -422,13 +418,13 @@ def test_export_carries_no_local_path(tmp_path):
     assert (published["data"]["root"], published["data"]["imagenet_val"]) == ("webvision", "ilsvrc_val")
     card = ModelCard.load(out / "README.md")
     assert card.data.datasets is None  # a local folder is not a Hub dataset
-    assert f'timm.create_model("{hub.LOCAL_LOAD_REF}", pretrained=True)' in card.text
+    assert f'timm.create_model("{LOCAL_LOAD_REF}", pretrained=True)' in card.text
     # The caller's config is left as it was.
     assert cfg["data"]["path"] == str(local / "data" / "food")
 
 
 def test_export_keeps_hub_dataset_ids():
-    public = hub.public_config(run_config(data__path="uoft-cs/cifar10", output_dir="runs/x"))
+    public = public_config(run_config(data__path="uoft-cs/cifar10", output_dir="runs/x"))
     assert public["data"]["path"] == "uoft-cs/cifar10" and public["output_dir"] == "x"
 
 
@@ -537,8 +533,6 @@ def test_reexport_without_push_needs_no_token_for_the_saved_repo(tiny_run, onlin
     import shutil
 
     import yaml
-
-    from tcl_hf import export
 
     run_dir, _, _ = tiny_run
     copy = tmp_path / "run"

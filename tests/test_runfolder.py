@@ -6,7 +6,6 @@ that nothing the user had is lost and that every message is one line.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pickle
 import signal
@@ -16,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from tcl_hf import rundir
 from tcl_hf.config import load_config

@@ -203,7 +203,7 @@ def test_empty_split_is_refused(tmp_path):
 def test_odd_sizes_and_modes_are_converted(tmp_path):
     from PIL import Image
 
-    from tcl_hf.contract import InputContract
+    from tcl_hf.data.contract import InputContract
     from tcl_hf.data import load_data
 
     images = [Image.new("L", (5, 9), 40), Image.new("RGBA", (30, 12), (1, 2, 3, 4)),

@@ -16,10 +16,13 @@ from fixtures import CLOTHING_NAMES, make_clothing1m, make_webvision, write_line
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from tcl_hf.contract import Decoding
+from tcl_hf.data.contract import Decoding
 from tcl_hf.errors import DataError
-from tcl_hf.formats import (BalancedSubsetSampler, FileImages, ImageList, balanced_subset, class_quotas,
-                            read_clothing1m, read_webvision)
+from tcl_hf.data.clothing1m import read_clothing1m
+from tcl_hf.data.images import FileImages
+from tcl_hf.data.lists import ImageList
+from tcl_hf.data.sampler import BalancedSubsetSampler, balanced_subset, class_quotas
+from tcl_hf.data.webvision import read_webvision
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -288,7 +291,7 @@ def test_error_from_a_worker_still_names_the_file(webvision):
 def test_load_data_reads_clothing1m_lazily(tmp_path):
     from types import SimpleNamespace
 
-    from tcl_hf.contract import InputContract
+    from tcl_hf.data.contract import InputContract
     from tcl_hf.data import load_data
 
     layout = make_clothing1m(tmp_path / "c1m")
@@ -458,7 +461,7 @@ def test_image_over_the_pixel_cap_is_bad_before_decoding(tmp_path):
 
 
 def test_pixel_cap_applies_to_embedded_images_too():
-    from tcl_hf.data import decode_cell
+    from tcl_hf.data.images import decode_cell
 
     buffer = io.BytesIO()
     Image.new("L", (100, 50), 7).save(buffer, format="PNG")

@@ -8,7 +8,7 @@ from fixtures import make_clothing1m, make_webvision
 from PIL import Image
 
 from tcl_hf.config import load_config
-from tcl_hf.trainer import Trainer
+from tcl_hf.job import run_job
 
 SMALL = ["model.backbone=resnet18", "model.pretrained=false", "data.image_size=32", "train.batch_size=8",
          "train.max_steps=2", "train.epochs=2", "model.proj_dim=32", "eval.knn_k=5", "log.progress=false",
@@ -24,8 +24,8 @@ def test_webvision_run_counts_and_keys(tmp_path):
     kept = {p for p, label in layout.splits["train"] if label < 6}
     bad = (layout.corrupt | layout.missing) & kept
     out = tmp_path / "run"
-    Trainer(load_config(None, [*SMALL, "data.format=webvision", f"data.root={layout.root}", "data.num_classes=6",
-                               f"data.imagenet_val={layout.files['imagenet']}", f"output_dir={out}"])).train()
+    run_job(load_config(None, [*SMALL, "data.format=webvision", f"data.root={layout.root}", "data.num_classes=6",
+                               f"data.imagenet_val={layout.files['imagenet']}", f"output_dir={out}"]))
     s = _summary(out)
     assert s["train_samples"] == len(kept) - len(bad) and s["bad_images"] == len(bad) > 0
     assert s["test_samples"] == sum(label < 6 for _, label in layout.splits["test"])
@@ -47,8 +47,8 @@ def test_clothing1m_run_with_balanced_subset(tmp_path):
     layout = make_clothing1m(tmp_path / "c1m")
     out = tmp_path / "run"
     bad = layout.corrupt | layout.missing
-    Trainer(load_config(None, [*SMALL, "data.format=clothing1m", f"data.root={layout.root}",
-                               "data.samples_per_epoch=24", f"output_dir={out}"])).train()
+    run_job(load_config(None, [*SMALL, "data.format=clothing1m", f"data.root={layout.root}",
+                               "data.samples_per_epoch=24", f"output_dir={out}"]))
     s = _summary(out)
     expected_bad = {split: sum(p in bad for p, _ in layout.splits[split]) for split in ("train", "val", "test")}
     assert s["bad_images"] == sum(expected_bad.values()) > 0
@@ -63,8 +63,8 @@ def test_on_bad_image_error_stops_naming_the_file(tmp_path):
 
     layout = make_clothing1m(tmp_path / "c1m")
     with pytest.raises(DataError, match="cannot be read|no such file|does not exist|image"):
-        Trainer(load_config(None, [*SMALL, "data.format=clothing1m", f"data.root={layout.root}",
-                                   "data.on_bad_image=error", f"output_dir={tmp_path / 'run'}"])).train()
+        run_job(load_config(None, [*SMALL, "data.format=clothing1m", f"data.root={layout.root}",
+                                   "data.on_bad_image=error", f"output_dir={tmp_path / 'run'}"]))
 
 
 def test_hf_dataset_with_clean_column_and_lazy_decoding(tmp_path):
@@ -84,9 +84,9 @@ def test_hf_dataset_with_clean_column_and_lazy_decoding(tmp_path):
                                          "verified": clean[rows].tolist()}, features=features)
         ds.to_parquet(str(root / f"{split}-00000-of-00001.parquet"))
     out = tmp_path / "run"
-    Trainer(load_config(None, [*SMALL, f"data.path={tmp_path / 'ds'}", "data.image_column=picture",
+    run_job(load_config(None, [*SMALL, f"data.path={tmp_path / 'ds'}", "data.image_column=picture",
                                "data.label_column=noisy", "data.clean_label_column=verified", "data.in_memory=false",
-                               f"output_dir={out}"])).train()
+                               f"output_dir={out}"]))
     s = _summary(out)
     assert s["noise_rate"] == pytest.approx(float(np.mean(noisy[:32] != clean[:32])))
     assert s["train_samples"] == 32 and s["test_samples"] == 8 and s["bad_images"] == 0
@@ -116,8 +116,8 @@ def test_clothing1m_run_counts_unlabelled_fifo_and_oversized_images(tmp_path, ca
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(240)
     try:
-        Trainer(load_config(None, [*SMALL, "data.format=clothing1m", f"data.root={layout.root}",
-                                   f"data.max_image_pixels={64 * 64}", f"output_dir={out}"])).train()
+        run_job(load_config(None, [*SMALL, "data.format=clothing1m", f"data.root={layout.root}",
+                                   f"data.max_image_pixels={64 * 64}", f"output_dir={out}"]))
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

@@ -1,9 +1,12 @@
-"""Evaluation numbers: kNN accuracy on projections, and how well confidences separate clean labels."""
+"""How a run is scored: classifier top-k accuracy, kNN accuracy on projections, and how well the
+detector's confidences separate clean labels from noisy ones."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+from .detector import CLEAN_THRESHOLD
 
 
 @torch.no_grad()
@@ -23,14 +26,24 @@ def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tens
     return torch.cat(preds)
 
 
+def topk_accuracy(p: torch.Tensor, labels: torch.Tensor, name: str) -> dict[str, float]:
+    """``{name}_acc`` (top-1) and, with more than five classes, ``{name}_top5`` of class probabilities p."""
+    num_classes = p.shape[1]
+    hits = p.topk(min(5, num_classes), dim=1).indices == labels.unsqueeze(1)
+    out = {f"{name}_acc": float(hits[:, 0].float().mean())}
+    if num_classes > 5:
+        out[f"{name}_top5"] = float(hits.any(dim=1).float().mean())
+    return out
+
+
 def detection_metrics(confidences: np.ndarray, given: np.ndarray, clean: np.ndarray | None,
                       predictions: np.ndarray) -> dict[str, float | None]:
-    """Noise-detection quality; noisy = positive class, flagged when confidence < 0.5."""
-    out: dict[str, float | None] = {"clean_ratio_est": float(np.mean(confidences > 0.5))}
+    """Noise-detection quality; noisy = positive class, flagged when confidence < CLEAN_THRESHOLD."""
+    out: dict[str, float | None] = {"clean_ratio_est": float(np.mean(confidences > CLEAN_THRESHOLD))}
     if clean is None:
         return out
     is_noisy = given != clean
-    flagged = confidences < 0.5
+    flagged = confidences < CLEAN_THRESHOLD
     out["noise_rate"] = float(is_noisy.mean())
     both_kinds = 0 < is_noisy.sum() < len(is_noisy)
     # AUC of the confidence as a score for "label is clean"; undefined when all labels are alike.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 # label_set name -> key in the .pt file.
 LABEL_SETS = {

@@ -1,0 +1,29 @@
+"""What a loaded dataset is for the trainer: the splits, their labels and the input contract."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch.utils.data import Dataset, Sampler
+
+from .contract import InputContract
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    test: Dataset
+    train_labels: np.ndarray          # labels as the dataset gives them (the ones to train on, before synthetic noise)
+    test_labels: np.ndarray
+    clean_train_labels: np.ndarray | None  # known clean labels (synthetic noise, or a clean column), else None
+    num_classes: int
+    class_names: list[str]
+    contract: InputContract           # the preprocessing, mean and std included
+    full_train_size: int              # rows in the train split before data.limit (label files must match it)
+    extra_evals: dict = field(default_factory=dict)  # more test sets: name -> (Dataset, labels), e.g. "val"
+    train_sampler: Sampler | None = None             # e.g. a class-balanced subset per epoch
+    unlabelled: int = 0                              # listed training images left out: no label for them
+
+    @property
+    def eval_sets(self) -> dict:
+        """Every held-out set by name, "test" first."""
+        return {"test": (self.test, self.test_labels), **self.extra_evals}

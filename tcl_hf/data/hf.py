@@ -1,0 +1,144 @@
+"""Datasets through Hugging Face ``datasets``: any hub id, folder in hub layout, parquet/csv/json file, or the
+quickstart's digits; small sets are decoded once into memory, larger ones in loader workers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from .bundle import DataBundle
+from .contract import InputContract
+from .images import HFImages, TensorImages, channel_stats, decode_images
+
+# Up to this many bytes of decoded images are kept in memory; larger sets decode in loader workers.
+IN_MEMORY_BYTES = 4 * 2**30
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+def _load_dataset_dict(path: str):
+    import datasets
+
+    local = Path(path)
+    try:
+        if local.is_file():
+            kind = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}.get(local.suffix)
+            if kind is None:
+                raise DataError(f"data.path: {path!r} is a file of an unsupported type; use parquet, csv or json")
+            return datasets.load_dataset(kind, data_files={"train": str(local)})
+        return datasets.load_dataset(path)
+    except DataError:
+        raise
+    except FileNotFoundError as exc:
+        raise DataError(f"data.path: cannot find dataset {path!r} ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # datasets raises many types for a missing hub id or unreadable folder
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"data.path: cannot load dataset {path!r}: {first}") from None
+
+def _pick_column(features, wanted: str | None, kind: str, key: str) -> str:
+    import datasets
+
+    if wanted is not None:
+        if wanted not in features:
+            raise DataError(f"{key}: column {wanted!r} not in the dataset; columns: {', '.join(features)}")
+        return wanted
+    feature_type = datasets.Image if kind == "image" else datasets.ClassLabel
+    for name, feature in features.items():
+        if isinstance(feature, feature_type):
+            return name
+    raise DataError(f"{key}: no {kind} column found automatically; columns: {', '.join(features)} — set {key}")
+
+def _split(dsd, name: str, key: str):
+    if name not in dsd:
+        raise DataError(f"{key}: split {name!r} not in the dataset; splits: {', '.join(dsd)}")
+    return dsd[name]
+
+def _labels(split, column: str, key: str) -> np.ndarray:
+    labels = np.asarray(split[column])
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{key}: column {column!r} holds {labels.dtype} values; expected integer class indices")
+    return labels.astype(np.int64)
+
+def _class_names(features, column: str, num_classes: int) -> list[str]:
+    import datasets
+
+    feature = features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    return [str(k) for k in range(num_classes)]
+
+def digits_dataset_dict(seed: int = 0):
+    """scikit-learn's 1,797 handwritten 8x8 digits as a datasets DatasetDict (stratified 80/20 split)."""
+    import datasets
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=[str(k) for k in range(10)])})
+    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(p, mode="L") for p in pixels],
+                                     "label": digits.target.tolist()}, features=features)
+    return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
+
+def load_hf(data_cfg, contract: InputContract) -> DataBundle:
+    import datasets
+
+    if data_cfg.format == "digits":
+        dsd = digits_dataset_dict()
+    else:
+        dsd = _load_dataset_dict(data_cfg.path)
+    train = _split(dsd, data_cfg.train_split, "data.train_split")
+    test = _split(dsd, data_cfg.test_split, "data.test_split")
+    image_col = _pick_column(train.features, data_cfg.image_column, "image", "data.image_column")
+    label_col = _pick_column(train.features, data_cfg.label_column, "label", "data.label_column")
+    full_train_size = len(train)
+    if data_cfg.limit:
+        train = train.select(range(min(data_cfg.limit, len(train))))
+        test = test.select(range(min(data_cfg.limit, len(test))))
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"data.path: {data_cfg.path!r} has an empty {'train' if len(train) == 0 else 'test'} split")
+
+    train_labels = _labels(train, label_col, "data.label_column")
+    test_labels = _labels(test, label_col, "data.label_column")
+    clean = None
+    if data_cfg.clean_label_column:
+        clean_col = _pick_column(train.features, data_cfg.clean_label_column, "label", "data.clean_label_column")
+        clean = _labels(train, clean_col, "data.clean_label_column")
+    feature = train.features[label_col]
+    num_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else int(train_labels.max()) + 1
+    if num_classes < 2:
+        raise DataError(f"data.label_column: {label_col!r} has {num_classes} class; TCL needs at least 2")
+    for name, labels in (("train", train_labels), ("test", test_labels)):
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise DataError(f"data.label_column: {name} labels span [{labels.min()}, {labels.max()}], "
+                            f"allowed 0..{num_classes - 1}")
+
+    storage = contract.storage_size
+    in_memory = data_cfg.in_memory
+    if in_memory is None:
+        in_memory = (len(train) + len(test)) * storage * storage * 3 <= IN_MEMORY_BYTES
+    if in_memory:
+        raw = datasets.Image(decode=False)
+        train_images, train_ok = decode_images(train.cast_column(image_col, raw)[image_col],
+                                               contract.train_decoding, data_cfg.on_bad_image,
+                                               data_cfg.max_image_pixels)
+        test_images, test_ok = decode_images(test.cast_column(image_col, raw)[image_col],
+                                             contract.eval_decoding, data_cfg.on_bad_image,
+                                             data_cfg.max_image_pixels)
+        if contract.mean is None:
+            contract = contract.with_stats(*channel_stats(train_images[train_ok]))
+        train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)
+    else:
+        train_set = HFImages(train, image_col, contract.train_decoding, data_cfg.on_bad_image,
+                             data_cfg.max_image_pixels)
+        test_set = HFImages(test, image_col, contract.eval_decoding, data_cfg.on_bad_image,
+                            data_cfg.max_image_pixels)
+        if contract.mean is None:
+            contract = contract.with_stats(IMAGENET_MEAN, IMAGENET_STD)
+    return DataBundle(
+        train=train_set, test=test_set,
+        train_labels=train_labels, test_labels=test_labels, clean_train_labels=clean,
+        num_classes=num_classes, class_names=_class_names(train.features, label_col, num_classes),
+        contract=contract, full_train_size=full_train_size,
+    )

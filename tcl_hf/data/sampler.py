@@ -1,0 +1,49 @@
+"""Class-balanced random subsets of a training set, a new one each epoch (Clothing1M's protocol)."""
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Sampler
+
+# ---- class-balanced subsets (Clothing1M) ----------------------------------------------------------
+def class_quotas(counts: np.ndarray, total: int) -> np.ndarray:
+    """Samples to draw per class: as equal as possible, a small class gives all it has and the
+    shortfall is shared among the others; sums to min(total, counts.sum())."""
+    # Smallest classes first: each takes an equal share of what is left, or all it has; the
+    # floor-division remainders roll on to the larger classes, so nothing is left over at the end.
+    quotas = np.zeros(len(counts), dtype=np.int64)
+    remaining = min(int(total), int(counts.sum()))
+    order = np.argsort(counts, kind="stable")
+    for rank, k in enumerate(order):
+        share = remaining // (len(order) - rank)
+        quotas[k] = min(int(counts[k]), share)
+        remaining -= quotas[k]
+    return quotas
+
+def balanced_subset(labels: np.ndarray, num_classes: int, samples_per_epoch: int, seed: int, epoch: int) -> np.ndarray:
+    """Shuffled indices of a class-balanced random subset, the same for the same (seed, epoch)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, epoch])
+    quotas = class_quotas(np.bincount(labels, minlength=num_classes), samples_per_epoch)
+    picked = [rng.choice(np.flatnonzero(labels == k), size=q, replace=False) for k, q in enumerate(quotas) if q]
+    return rng.permutation(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
+
+class BalancedSubsetSampler(Sampler):
+    """A new class-balanced random subset of the training set each epoch (``set_epoch``).
+
+    Every process draws the same indices for the same epoch, so accelerate can shard the batches.
+    """
+
+    def __init__(self, labels, num_classes: int, samples_per_epoch: int, seed: int = 0):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.num_classes, self.samples_per_epoch, self.seed = num_classes, samples_per_epoch, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return min(self.samples_per_epoch, len(self.labels))
+
+    def __iter__(self):
+        indices = balanced_subset(self.labels, self.num_classes, self.samples_per_epoch, self.seed, self.epoch)
+        return iter(indices.tolist())

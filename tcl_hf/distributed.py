@@ -1,0 +1,48 @@
+"""Collectives the method needs beyond accelerate's: a gather that passes gradients back exactly, and an
+"any process?" vote so every process takes the same branch."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+class GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums, over all processes, the gradient each one's loss sends to our
+    rows, built on public collectives only.
+
+    Every process computes the same full-batch contrastive loss; after DDP averages over the W
+    processes, each parameter gets exactly the gradient of that loss, so 1, 2 or 4 processes at the
+    same total batch train alike. The reference's GatherLayer passes back only the local slot's
+    gradient, which after DDP's averaging is 1/W of the true one (spec section 3): that is what
+    ``tcl.lambda_con = 1/W_ref`` reproduces."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor):
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        stacked = torch.stack(grads)
+        dist.all_reduce(stacked)
+        return stacked[dist.get_rank()]
+
+
+def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
+    """Every process's rows, ours with gradients; batches may differ in size (skipped images), so rows
+    are padded to the largest batch and the padding cut away."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([z.shape[0]], device=z.device))
+    sizes = [int(s) for s in torch.cat(sizes).tolist()]
+    padded = F.pad(z, (0, 0, 0, max(sizes) - z.shape[0]))
+    return torch.cat([part[:size] for part, size in zip(GatherWithGrad.apply(padded), sizes)], dim=0)
+
+
+def any_process(flag: bool, accelerator) -> bool:
+    """True on every process when ``flag`` is true on any (a collective when there are several)."""
+    if accelerator.num_processes == 1:
+        return flag
+    total = accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum")
+    return bool(total > 0)

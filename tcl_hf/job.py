@@ -1,0 +1,28 @@
+"""A whole job, as ``train.py`` runs it: train, publish the finished run, then push it when asked."""
+from __future__ import annotations
+
+from .config import Config
+from .export import publish_run
+from .hub import push_folder
+from .trainer import Trainer
+
+
+def run_job(cfg: Config) -> dict:
+    """Train to the end, write hub/, the label report and plots (main process), push last; returns the summary.
+
+    The push comes after every local output is written, so a failed push loses nothing.
+    """
+    trainer = Trainer(cfg)
+    summary = trainer.train()
+    acc, published = trainer.accelerator, None
+    try:
+        if acc.is_main_process:
+            published = publish_run(trainer.result(summary), repo_id=cfg.hub.repo_id)
+    finally:
+        trainer.close(published.plots if published else [])
+    if published is not None:
+        acc.print(f"exported {published.hub_dir}; label report {published.label_issues}")
+        if cfg.hub.repo_id:
+            url = push_folder(published.hub_dir, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision)
+            acc.print(f"pushed to {url}")
+    return summary

@@ -1,0 +1,27 @@
+"""A finished run as publishing needs it: the trained model, the detector's verdict on every training
+sample, and the run's numbers — a value, so exporting never reaches into a live trainer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.contract import InputContract
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    config: dict                  # the resolved configuration, as tcl_hf.config.to_dict gives it
+    summary: dict                 # the final numbers (summary.json)
+    model: torch.nn.Module        # the trained TCLModel, unwrapped
+    prototypes: torch.Tensor      # [C, d]
+    index: np.ndarray             # rows of the training split that have a verdict (readable images)
+    given: np.ndarray             # their given labels
+    predicted: np.ndarray         # the classifier's prediction for each
+    clean_prob: np.ndarray        # the detector's confidence that the given label is clean
+    clean: np.ndarray | None      # the true labels, when known
+    class_names: list[str]
+    contract: InputContract

@@ -1,0 +1,48 @@
+"""What a resumed run needs besides model, optimizer and RNG states: progress and the EM step's results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+RUN_STATE_TENSORS, RUN_STATE_JSON = "run_state.safetensors", "run_state.json"
+
+
+class RunState:
+    """Progress and EM state; saved in every checkpoint as safetensors + JSON, never pickled."""
+
+    TENSORS = ("confidences", "assignments", "prototypes")
+
+    def __init__(self, num_samples: int, num_classes: int, proj_dim: int):
+        self.epoch = 0          # completed epochs
+        self.step = 0           # optimizer steps taken
+        self.batches_done = 0   # batches of the epoch in progress (a mid-epoch checkpoint resumes after them)
+        self.loss_sums: dict[str, float] = {}  # running sums of the loss terms over those batches
+        self.samples = 0        # training samples processed (all processes)
+        self.train_seconds = 0.0
+        self.wall_seconds = 0.0
+        self.confidences = torch.zeros(num_samples)
+        self.assignments = torch.zeros(num_samples, num_classes)
+        self.prototypes = F.normalize(torch.randn(num_classes, proj_dim), dim=1)
+        self.scale1 = 0.0
+        self.scale2 = 0.0
+
+    def save(self, folder: Path) -> None:
+        """Tensors as safetensors, the rest as JSON: a checkpoint's own state never needs unpickling."""
+        safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in self.TENSORS},
+                                    str(folder / RUN_STATE_TENSORS))
+        scalars = {k: v for k, v in vars(self).items() if k not in self.TENSORS}
+        (folder / RUN_STATE_JSON).write_text(json.dumps(scalars, indent=1) + "\n")
+
+    def load(self, folder: Path) -> None:
+        tensors = safetensors.torch.load_file(str(folder / RUN_STATE_TENSORS))
+        scalars = json.loads((folder / RUN_STATE_JSON).read_text())
+        expected = {k: tuple(getattr(self, k).shape) for k in self.TENSORS}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if found != expected or set(scalars) != set(vars(self)) - set(self.TENSORS):
+            raise ValueError(f"run state does not match this run (tensors {found}, expected {expected})")
+        for key, value in {**scalars, **tensors}.items():
+            setattr(self, key, value)
