@@ -1,22 +1,27 @@
-"""TCL's three views per image: the reference's per-image PIL pipeline vs tcl_hf's batched views.
+"""TCL's three views per image: the reference's per-image PIL pipeline, tcl_hf's former kornia views and
+tcl_hf's batched views.
 
     python bench/views_speed.py [--batch 256] [--batches 20] [--size 32]
 
-Both make one weak and two strong views of the same uint8 images and normalize them; the reference
-style runs torchvision transforms image by image in one process (what each of its loader workers does),
-ours runs kornia on whole batches on the training device (GPU when there is one). Prints samples/s of
-each and their ratio, measured in this run on this machine; say which machine when quoting it.
+All three make one weak and two strong views of the same uint8 images and normalize them. The reference
+style runs torchvision transforms image by image in one process (what each of its loader workers does);
+the other two run on whole batches on the training device (GPU when there is one). Prints samples/s of
+each and their ratios, measured in this run on this machine (say which machine when quoting them), and
+the aten ops each batched path dispatches per call with the host syncs among them.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import kornia.augmentation as K
 import numpy as np
 import torch
+import torch.nn as nn
 from PIL import Image
 from torchvision import transforms as T
 
+from tcl_hf.op_recorder import OpRecorder
 from tcl_hf.views import Views
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -32,9 +37,54 @@ def reference_views(size: int):
     return lambda image: (weak(image), strong(image), strong(image))
 
 
+class KorniaViews(nn.Module):
+    """tcl_hf's views before the batched kernels (kornia modules, CIFAR configuration), kept for comparison."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weak_aug = nn.Sequential(K.RandomHorizontalFlip(), K.RandomCrop((size, size), padding=size // 8))
+        self.strong_aug = nn.Sequential(
+            K.RandomResizedCrop((size, size), scale=(0.2, 1.0)), K.RandomHorizontalFlip(),
+            K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
+            K.RandomSolarize(thresholds=0.0, additions=0.0, p=0.5))
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, -1, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def weak(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.weak_aug(images.float() / 255) - self.mean) / self.std
+
+    @torch.no_grad()
+    def strong(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.strong_aug(images.float() / 255) - self.mean) / self.std
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def batched_rate(views, batch: torch.Tensor, batches: int) -> float:
+    """Samples/s of weak + 2 strong views over `batches` batches, after a warm-up."""
+    for _ in range(3):  # kernel selection, caches
+        views.weak(batch), views.strong(batch), views.strong(batch)
+    sync(batch.device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        views.weak(batch), views.strong(batch), views.strong(batch)
+    sync(batch.device)
+    return batches * batch.shape[0] / (time.perf_counter() - start)
+
+
+def op_counts(views, batch: torch.Tensor) -> str:
+    """Aten ops per call of each view, and what among them would sync the host."""
+    parts = []
+    for name in ("weak", "strong"):
+        with OpRecorder() as ops:
+            getattr(views, name)(batch)
+        flagged = ", ".join(f"{reason} x{n}" for reason, n in ops.flagged.items()) or "no syncs"
+        parts.append(f"{name} {ops.total:,} ops ({flagged})")
+    return "; ".join(parts)
 
 
 def main() -> None:
@@ -57,21 +107,21 @@ def main() -> None:
         torch.stack([torch.cat(views) for views in out])
     ref_rate = args.batches * args.batch / (time.perf_counter() - start)
 
-    views = Views(args.size, MEAN, STD).to(device)
-    for _ in range(3):  # warm-up (kernel selection, caches)
-        views.weak(batch), views.strong(batch), views.strong(batch)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(args.batches):
-        views.weak(batch), views.strong(batch), views.strong(batch)
-    sync(device)
-    ours_rate = args.batches * args.batch / (time.perf_counter() - start)
+    kornia_views = KorniaViews(args.size).to(device)
+    ours = Views(args.size, MEAN, STD).to(device)
+    kornia_rate = batched_rate(kornia_views, batch, args.batches)
+    ours_rate = batched_rate(ours, batch, args.batches)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; {args.batches} batches of {args.batch} images at {args.size} px, 3 views each")
     print(f"reference-style PIL, one process: {ref_rate:,.0f} samples/s")
+    print(f"former kornia views:              {kornia_rate:,.0f} samples/s")
     print(f"tcl_hf batched views:             {ours_rate:,.0f} samples/s")
-    print(f"ratio (ours / reference):         {ours_rate / ref_rate:.2f}x")
+    print(f"ratio batched / reference:        {ours_rate / ref_rate:.2f}x")
+    print(f"ratio batched / kornia:           {ours_rate / kornia_rate:.2f}x")
+    print(f"aten ops per call at batch {args.batch}:")
+    print(f"  kornia:  {op_counts(kornia_views, batch)}")
+    print(f"  batched: {op_counts(ours, batch)}")
 
 
 if __name__ == "__main__":
