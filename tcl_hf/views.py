@@ -9,7 +9,7 @@ per call at batch 8 / 256 and host syncs, counted on CPU with tcl_hf.op_recorder
 - RandomResizedCrop "slice" loops too (196 / 1,917 ops); "resample" is sync-free and flat (411 ops) but its
   warp grid is not torchvision's resize grid (up to 0.27 apart on [0, 1] pixels): here one grid_sample.
 - ColorJitter / ColorJiggle: 176 / 169 ops with 4 host syncs each and one op order for the whole batch:
-  here per-sample factors and orders, applied as identity-where-not-drawn.
+  here per-sample factors and orders in seven batched steps, factor 1 where a sample has no op.
 - RandomGrayscale (25 ops) and RandomSolarize (35 ops) are sync-free, but a masked `where` is 5-8 ops.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 CROP_ATTEMPTS = 10
 # RandomResizedCrop's default aspect-ratio range.
 CROP_RATIO = (3 / 4, 4 / 3)
+# color_jitter's hue rotation comes after three blend slots (brightness, contrast or saturation).
+HUE_STEP = 3
 # RandomSolarize(128) on uint8 PIL images: pixels >= 128 are inverted.
 SOLARIZE_THRESHOLD = 128 / 255
 
@@ -212,18 +214,26 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, jitter: Jitter) -> torch.Tensor:
-    """Each sample's four ops in its own order. At every position the batch goes through one blend
-    (brightness, contrast or saturation, by sample) and one hue rotation; a sample whose op at that
-    position is the other kind gets factor 1 or shift 0 there."""
-    # is_op[k, b, i]: sample b applies op i at position k (0 brightness, 1 contrast, 2 saturation, 3 hue).
-    is_op = (jitter.order.t()[:, :, None] == torch.arange(4, device=x.device)).float()
+    """Each sample's four ops in its own order, with a single hue rotation for the whole batch.
+
+    Seven steps: three blend slots, the hue rotation, three blend slots. A sample's blend ops
+    (brightness, contrast, saturation) that come before its hue fill the slots before the rotation in
+    order, the others the slots after; its unused slots get factor 1, which leaves images unchanged.
+    """
+    # Position of each op in each sample's order (the inverse permutation), then its step.
+    position = torch.argsort(jitter.order, dim=1)
+    hue_position = position[:, 3:]
+    step = position + (position >= hue_position) * (HUE_STEP - hue_position)
+    # in_step[k, b, i]: blend op i of sample b runs at step k.
+    in_step = (step[None, :, :3] == torch.arange(2 * HUE_STEP + 1, device=x.device)[:, None, None]).float()
     factors = torch.stack((jitter.brightness, jitter.contrast, jitter.saturation), dim=1)
-    blend_factor = (is_op[:, :, :3] * factors).sum(dim=2) + is_op[:, :, 3]
-    hue_shift = is_op[:, :, 3] * jitter.hue
-    toward_pixel, toward_mean = is_op[:, :, 2, None, None, None], is_op[:, :, 1, None, None, None]
-    for k in range(is_op.shape[0]):
-        x = blend_gray(x, blend_factor[k], toward_pixel[k], toward_mean[k])
-        x = adjust_hue(x, hue_shift[k])
+    blend_factor = (in_step * factors).sum(dim=2) + 1 - in_step.sum(dim=2)
+    toward_pixel, toward_mean = in_step[:, :, 2, None, None, None], in_step[:, :, 1, None, None, None]
+    for k in range(in_step.shape[0]):
+        if k == HUE_STEP:
+            x = adjust_hue(x, jitter.hue)
+        else:
+            x = blend_gray(x, blend_factor[k], toward_pixel[k], toward_mean[k])
     return x
 
 

@@ -262,16 +262,27 @@ def jitter_reference(image: torch.Tensor, factors, order) -> torch.Tensor:
 
 
 def test_color_jitter_applies_each_samples_own_order():
-    x = float_images(4)
-    factors = [(1.3, 0.7, 1.4, 0.1), (0.6, 1.4, 0.6, -0.1), (1.2, 1.3, 0.7, 0.05), (1.0, 1.0, 1.0, 0.0)]
-    orders = [(3, 2, 1, 0), (0, 1, 2, 3), (2, 0, 3, 1), (1, 3, 0, 2)]
-    jitter = Jitter(*torch.tensor(factors).unbind(dim=1), torch.tensor(orders))
+    # One image per order, all 24 of them.
+    orders = list(itertools.permutations(range(4)))
+    x = float_images(len(orders))
+    factors = (0.6 + 0.8 * torch.rand(len(orders), 4, generator=seeded(1))) * torch.tensor([1, 1, 1, 0.125])
+    factors[:, 3] -= 0.1
+    jitter = Jitter(*factors.unbind(dim=1), torch.tensor(orders))
     out = color_jitter(x, jitter)
     for i in range(len(x)):
-        torch.testing.assert_close(out[i], jitter_reference(x[i], factors[i], orders[i]), atol=2e-4, rtol=0)
-    # Orders matter here: the first sample with another order gives another image.
-    other = color_jitter(x, jitter._replace(order=torch.tensor(orders[1:] + orders[:1])))
-    assert (other[0] - out[0]).abs().max() > 0.05
+        ref = jitter_reference(x[i], factors[i].tolist(), orders[i])
+        torch.testing.assert_close(out[i], ref, atol=2e-4, rtol=0)
+    # The comparison has teeth: under the reversed orders most images change (not all, as brightness,
+    # contrast and saturation commute but for clamping).
+    other = color_jitter(x, jitter._replace(order=jitter.order.flip(1)))
+    assert ((other - out).flatten(1).abs().amax(dim=1) > 0.01).float().mean() > 0.5
+
+
+def test_color_jitter_leaves_samples_without_jitter_unchanged():
+    x = float_images(3)
+    identity = Jitter(torch.ones(3), torch.ones(3), torch.ones(3), torch.zeros(3),
+                      torch.tensor([(0, 1, 2, 3), (3, 2, 1, 0), (1, 3, 0, 2)]))
+    torch.testing.assert_close(color_jitter(x, identity), x, atol=1e-6, rtol=0)
 
 
 def test_strong_view_composes_like_the_reference_pipeline():
@@ -331,7 +342,7 @@ def test_views_dispatch_no_sync_and_as_many_ops_at_any_batch(storage, size, view
         totals.append(ops.total)
     print(f"{view} view, {storage} px stored: {totals[0]} aten ops per call at batch 8 and 64")
     assert totals[0] == totals[1]
-    assert totals[0] < (60 if view == "weak" else 400)
+    assert totals[0] < (60 if view == "weak" else 350)
 
 
 def test_views_run_on_the_meta_device():
