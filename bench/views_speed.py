@@ -12,6 +12,7 @@ the aten ops each batched path dispatches per call with the host syncs among the
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import kornia.augmentation as K
@@ -64,16 +65,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def batched_rate(views, batch: torch.Tensor, batches: int) -> float:
-    """Samples/s of weak + 2 strong views over `batches` batches, after a warm-up."""
-    for _ in range(3):  # kernel selection, caches
-        views.weak(batch), views.strong(batch), views.strong(batch)
-    sync(batch.device)
-    start = time.perf_counter()
+def three_views(views, batch: torch.Tensor):
+    """One batch's weak and two strong views, as a training step makes them."""
+    return lambda: (views.weak(batch), views.strong(batch), views.strong(batch))
+
+
+def interleaved_rates(steps: dict, batch_size: int, batches: int, device: torch.device) -> dict:
+    """Samples/s of each step from its median batch time, the steps taking turns batch by batch so that
+    load from other processes on a shared machine falls on all of them alike."""
+    for step in steps.values():  # warm-up: kernel selection, caches
+        step()
+    seconds = {name: [] for name in steps}
     for _ in range(batches):
-        views.weak(batch), views.strong(batch), views.strong(batch)
-    sync(batch.device)
-    return batches * batch.shape[0] / (time.perf_counter() - start)
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: batch_size / statistics.median(times) for name, times in seconds.items()}
 
 
 def op_counts(views, images: torch.Tensor) -> str:
@@ -104,20 +114,18 @@ def main() -> None:
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
 
     ref = reference_views(args.size)
-    ref(pil[0])  # warm-up
-    start = time.perf_counter()
-    for _ in range(args.batches):
-        out = [ref(image) for image in pil]
-        torch.stack([torch.cat(views) for views in out])
-    ref_rate = args.batches * args.batch / (time.perf_counter() - start)
-
     kornia_views = KorniaViews(args.size).to(device)
     ours = Views(args.size, MEAN, STD).to(device)
-    kornia_rate = batched_rate(kornia_views, batch, args.batches)
-    ours_rate = batched_rate(ours, batch, args.batches)
+    rates = interleaved_rates({
+        "reference": lambda: torch.stack([torch.cat(ref(image)) for image in pil]),
+        "kornia": three_views(kornia_views, batch),
+        "batched": three_views(ours, batch),
+    }, args.batch, args.batches, device)
+    ref_rate, kornia_rate, ours_rate = rates["reference"], rates["kornia"], rates["batched"]
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; {args.batches} batches of {args.batch} images at {args.size} px, 3 views each")
+    print(f"device: {name}; {args.batch} images at {args.size} px, 3 views each; "
+          f"median of {args.batches} batches, interleaved")
     print(f"reference-style PIL, one process: {ref_rate:,.0f} samples/s")
     print(f"former kornia views:              {kornia_rate:,.0f} samples/s")
     print(f"tcl_hf batched views:             {ours_rate:,.0f} samples/s")
