@@ -336,8 +336,9 @@ def test_views_dispatch_no_sync_and_as_many_ops_at_any_batch(storage, size, view
     views = Views(size, MEAN, STD, storage_size=storage)
     totals = []
     for batch in (8, 64):
+        images = uint8_images(batch, storage)
         with OpRecorder() as ops:
-            getattr(views, view)(uint8_images(batch, storage))
+            getattr(views, view)(images)
         assert not ops.flagged, ops.flagged
         totals.append(ops.total)
     print(f"{view} view, {storage} px stored: {totals[0]} aten ops per call at batch 8 and 64")
