@@ -53,3 +53,10 @@ def detection_metrics(confidences: np.ndarray, given: np.ndarray, clean: np.ndar
     out["noise_acc"] = float(np.mean(flagged == is_noisy))
     out["label_acc"] = float(np.mean(predictions == clean))
     return out
+
+
+def format_record(record: dict) -> str:
+    """The numbers of an epoch record a person reads first, on one line."""
+    keys = ("test_acc", "val_acc", "imagenet_acc", "knn_acc", "noise_auc", "clean_ratio_est", "label_acc", "loss")
+    text = "  ".join(f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float))
+    return text + (f"  bad_images {record['bad_images']}" if record.get("bad_images") else "")

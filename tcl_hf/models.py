@@ -18,6 +18,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .errors import TCLError
 
+ARCHITECTURE = "tcl_classifier"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
@@ -119,6 +120,11 @@ default_cfgs = generate_default_cfgs({
     "preact_resnet18_cifar.untrained": _cfg(),
     "preact_resnet18_textbook.untrained": _cfg(),
     "preact_resnet_mini.untrained": _cfg(),
+    # The exported classifier; an export overrides this with its run's input contract.
+    ARCHITECTURE: {
+        "num_classes": 10, "input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bilinear",
+        "mean": CIFAR10_MEAN, "std": CIFAR10_STD, "classifier": "classifier.4", "license": "apache-2.0",
+    },
 })
 
 
@@ -205,7 +211,6 @@ def build_tcl_model(model_cfg, num_classes: int, sync_bn: bool = False) -> TCLMo
 
 
 # ---- the exported classifier -----------------------------------------------------------------------------------
-ARCHITECTURE = "tcl_classifier"
 
 # The classifier head is Linear-BN-ReLU-Dropout-Linear-BN: the last two layers depend on the class count.
 _CLASS_LAYERS = ("classifier.4.", "classifier.5.")
@@ -266,12 +271,6 @@ def _drop_class_layers_if_resized(state_dict: dict, model: TCLClassifier) -> dic
         return state_dict
     return {k: v for k, v in state_dict.items() if not k.startswith(_CLASS_LAYERS)}
 
-classifier_cfgs = generate_default_cfgs({
-    ARCHITECTURE: {
-        "num_classes": 10, "input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bilinear",
-        "mean": CIFAR10_MEAN, "std": CIFAR10_STD, "classifier": "classifier.4", "license": "apache-2.0",
-    },
-})
 
 @register_model
 def tcl_classifier(pretrained: bool = False, **kwargs) -> TCLClassifier:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import DataError
 
@@ -102,3 +103,18 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
                             f"allowed 0..{num_classes - 1}")
         return noisy
     raise DataError(f"noise.type: unknown {noise_type!r}")
+
+
+def training_labels(noise_cfg, data, seed: int, limit: int | None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(the labels the run trains on, the true labels when known) for a loaded ``DataBundle``.
+
+    With synthetic noise the dataset's own labels are the clean ones; otherwise only a clean column tells.
+    """
+    noise_seed = seed if noise_cfg.seed is None else noise_cfg.seed
+    given = make_noisy_labels(noise_cfg.type, data.train_labels, data.num_classes, noise_cfg.rate, noise_seed,
+                              file=noise_cfg.file, full_size=data.full_train_size, limit=limit,
+                              label_set=noise_cfg.label_set)
+    clean = data.clean_train_labels
+    if clean is None and noise_cfg.type != "none":
+        clean = data.train_labels
+    return torch.as_tensor(given), clean

@@ -30,6 +30,19 @@ class RunState:
         self.scale1 = 0.0
         self.scale2 = 0.0
 
+    def add_losses(self, values: dict[str, float]) -> None:
+        """One batch's loss terms into the running sums of the epoch in progress."""
+        for key, value in values.items():
+            self.loss_sums[key] = self.loss_sums.get(key, 0.0) + value
+        self.batches_done += 1
+
+    def pop_loss_means(self) -> tuple[list[str], list[float]]:
+        """(term names, their means over this process's batches of the epoch); starts the next epoch."""
+        keys = sorted(self.loss_sums)
+        means = [self.loss_sums[k] / self.batches_done for k in keys]
+        self.batches_done, self.loss_sums = 0, {}
+        return keys, means
+
     def save(self, folder: Path) -> None:
         """Tensors as safetensors, the rest as JSON: a checkpoint's own state never needs unpickling."""
         safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in self.TENSORS},

@@ -12,36 +12,28 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import rundir
 from .config import Config, flatten, save_config, to_dict
 from .data import DataBundle, load_data, resolve_input_contract
+from .data.loaders import make_loaders
 from .detector import CLEAN_THRESHOLD
 from .distributed import any_process, gather_with_grad
-from .errors import DataError, StopRequested, TCLError
-from .evaluation import detection_metrics, knn_predict, topk_accuracy
+from .errors import StopRequested, TCLError
+from .evaluation import detection_metrics, format_record, knn_predict, topk_accuracy
 from .features import Features, extract
 from .hub import check_push_token
 from .methods import StepInputs, create_method
 from .models import TCLModel, build_tcl_model
-from .noise import make_noisy_labels
+from .noise import training_labels
 from .optim import build_optimizer, lr_at, scaled_lr
 from .result import RunResult
 from .state import RunState
 from .views import Views
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGTERM/SIGINT to the main process: a scheduler signals the whole process group,
-    and a worker dying first would take the main process down before it saves its checkpoint."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Trainer:
@@ -61,18 +53,19 @@ class Trainer:
             kwargs_handlers=[ddp_kwargs])
         # One run per folder: take the lock, then refuse a clash with another run before spending time
         # on data or models (nothing is removed before the new run is ready to train).
-        self._lock = self._lock_output_dir()
+        self._lock = rundir.lock_run_folder(self.output_dir, acc.is_main_process, lambda f: any_process(f, acc))
         rundir.check_reuse(self.output_dir, cfg.train.resume, cfg.overwrite, to_dict(cfg))
         acc.wait_for_everyone()
         set_seed(cfg.seed)
         self._stop_signal: int | None = None
         self.data = self._load_data()
         self.num_classes = self.data.num_classes
-        given, self.clean_labels = self._labels(self.data)
+        given, self.clean_labels = training_labels(cfg.noise, self.data, cfg.seed, cfg.data.limit)
         model = build_tcl_model(cfg.model, self.num_classes, sync_bn=cfg.train.sync_bn and acc.num_processes > 1
                                 and acc.device.type == "cuda")
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay)
-        train_loader, train_eval_loader, eval_loaders = self._build_loaders()
+        train_loader, train_eval_loader, eval_loaders = make_loaders(self.data, cfg.train, cfg.data.num_workers,
+                                                                     acc.num_processes, cfg.seed)
         prepared = acc.prepare(model, optimizer, train_loader, train_eval_loader, *eval_loaders.values())
         self.model, self.optimizer, self.train_loader, self.train_eval_loader = prepared[:4]
         self.eval_loaders = dict(zip(eval_loaders, prepared[4:]))
@@ -91,23 +84,9 @@ class Trainer:
         self.train_features: Features | None = None  # the last EM step's extraction (kNN bank, predictions)
         self._last_em: dict = {}
         self._resumed_from: Path | None = None
-        self._em_device_copy: tuple | None = None
+        self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None  # confidences and prototypes for the steps
 
     # ---- construction -------------------------------------------------------------------------
-    def _lock_output_dir(self) -> rundir.RunLock | None:
-        """The main process holds the folder's lock; every process stops if it could not be taken."""
-        acc = self.accelerator
-        rundir.check_writable(self.output_dir)
-        lock, problem = None, None
-        if acc.is_main_process:
-            try:
-                lock = rundir.RunLock(self.output_dir).acquire()
-            except TCLError as exc:
-                problem = exc
-        if any_process(problem is not None, acc):
-            raise problem or TCLError(f"output_dir: {self.output_dir} is in use by another tcl_hf run")
-        return lock
-
     def _load_data(self) -> DataBundle:
         contract = resolve_input_contract(self.cfg.data, self.cfg.model)
         # Decoding happens once per machine; the main process goes first so datasets' cache is warm.
@@ -118,49 +97,7 @@ class Trainer:
                                    f"label file")
         return data
 
-    def _labels(self, data: DataBundle) -> tuple[torch.Tensor, np.ndarray | None]:
-        noise = self.cfg.noise
-        seed = self.cfg.seed if noise.seed is None else noise.seed
-        given = make_noisy_labels(noise.type, data.train_labels, data.num_classes, noise.rate, seed,
-                                  file=noise.file, full_size=data.full_train_size, limit=self.cfg.data.limit,
-                                  label_set=noise.label_set)
-        # With synthetic noise the dataset's own labels are the clean ones; otherwise only a clean column tells.
-        clean = data.clean_train_labels
-        if clean is None and noise.type != "none":
-            clean = data.train_labels
-        return torch.as_tensor(given), clean
-
-    def _build_loaders(self) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
-        cfg, n = self.cfg, len(self.data.train)
-        if n < cfg.train.batch_size * self.accelerator.num_processes:
-            raise DataError(f"train.batch_size: {cfg.train.batch_size} per process x {self.accelerator.num_processes} "
-                            f"process(es) exceeds the {n} training samples; lower train.batch_size")
-        eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-        workers = cfg.data.num_workers
-
-        def loader(dataset, **kwargs) -> DataLoader:
-            # A private generator: starting an iterator draws a worker seed, and from here that draw leaves
-            # the global RNG alone, so a mid-epoch resume replays the same augmentations.
-            return DataLoader(dataset, num_workers=workers, generator=torch.Generator().manual_seed(cfg.seed),
-                              worker_init_fn=ignore_stop_signals, **kwargs)
-
-        sampler = self.data.train_sampler
-        train = loader(self.data.train, batch_size=cfg.train.batch_size, shuffle=sampler is None, sampler=sampler,
-                       drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-        evals = {name: loader(dataset, batch_size=eval_batch, shuffle=False)
-                 for name, (dataset, _) in self.data.eval_sets.items()}
-        return train, loader(self.data.train, batch_size=eval_batch, shuffle=False), evals
-
     # ---- training -----------------------------------------------------------------------------
-    def _em_on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The EM step's confidences and prototypes on the training device, copied once per EM step
-        (the checkpointed originals stay on the CPU)."""
-        st = self.state
-        if self._em_device_copy is None or self._em_device_copy[0] is not st.confidences:
-            device = self.accelerator.device
-            self._em_device_copy = (st.confidences, st.confidences.to(device), st.prototypes.to(device))
-        return self._em_device_copy[1], self._em_device_copy[2]
-
     def _set_lr(self) -> float:
         o = self.cfg.optim
         epoch = (self.state.step + 1) / self.steps_per_epoch
@@ -191,7 +128,7 @@ class Trainer:
                 images, index = images[ok], index[ok]
             with acc.accumulate(self.model):
                 lr = self._set_lr()
-                confidences, prototypes = self._em_on_device()
+                confidences, prototypes = self._on_device
                 batch = StepInputs(images, self.given_labels[index], confidences[index], prototypes, st.scale1,
                                    st.scale2, warmup)
                 terms = self.method.step_terms(self.model, self.views, batch)
@@ -200,9 +137,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
             self._check_finite(values, epoch)
-            for key, value in values.items():
-                st.loss_sums[key] = st.loss_sums.get(key, 0.0) + value
-            st.batches_done += 1
+            st.add_losses(values)
             st.samples += images.shape[0] * acc.num_processes
             if acc.sync_gradients:
                 st.step += 1
@@ -215,12 +150,8 @@ class Trainer:
             if self._max_steps_reached():
                 break
         st.train_seconds += time.perf_counter() - start
-        keys = sorted(st.loss_sums)
-        means = {}
-        if keys:
-            local = torch.tensor([st.loss_sums[k] / st.batches_done for k in keys], device=acc.device)
-            means = dict(zip(keys, acc.reduce(local, "mean").tolist()))
-        st.batches_done, st.loss_sums = 0, {}
+        keys, local = st.pop_loss_means()
+        means = dict(zip(keys, acc.reduce(torch.tensor(local, device=acc.device), "mean").tolist())) if keys else {}
         return {**means, "lr": lr}
 
     def _check_finite(self, losses: dict, epoch: int) -> None:
@@ -252,6 +183,7 @@ class Trainer:
             assignments[good] = found.assignments
             st.prototypes, st.assignments = found.prototypes.cpu(), assignments.cpu()
         st.confidences = confidences.cpu()
+        self._on_device = (confidences, st.prototypes.to(confidences.device))
         clean_ratio = float((confidences[good] > CLEAN_THRESHOLD).float().mean())
         # Reference quirk kept: unset scales follow the estimated *clean* fraction.
         st.scale1 = cfg.tcl.scale1 if cfg.tcl.scale1 is not None else clean_ratio
@@ -306,6 +238,7 @@ class Trainer:
         for note in skipped:
             acc.print(f"skipped checkpoint {note}")
         self.train_features, self._resumed_from = None, found
+        self._on_device = (self.state.confidences.to(acc.device), self.state.prototypes.to(acc.device))
         return found is not None
 
     # ---- the whole run --------------------------------------------------------------------------
@@ -350,7 +283,7 @@ class Trainer:
         else:
             if cfg.train.resume:
                 acc.print(f"no checkpoint in {self.output_dir}: starting from scratch")
-            acc.print(f"initial EM step: {_fmt(self.detect_noise())}")  # the confidences of epoch 1
+            acc.print(f"initial EM step: {format_record(self.detect_noise())}")  # the confidences of epoch 1
         wall_before, record = st.wall_seconds, {}
         progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=st.step, unit="step",
                         disable=not (acc.is_main_process and cfg.log.progress), dynamic_ncols=True)
@@ -376,7 +309,7 @@ class Trainer:
                    **self._sample_counts(), "num_processes": acc.num_processes}
         if acc.is_main_process:
             rundir.atomic_write_text(self.output_dir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        acc.print(f"done: {_fmt(summary)}")
+        acc.print(f"done: {format_record(summary)}")
         return summary
 
     def _record(self, epoch: int, losses: dict) -> dict:
@@ -397,7 +330,7 @@ class Trainer:
         if acc.is_main_process:
             rundir.append_metrics(self.output_dir, record)
         acc.log({k: v for k, v in record.items() if v is not None}, step=record["epoch"])
-        acc.print(f"epoch {record['epoch']}/{self.cfg.train.epochs}: {_fmt(record)}")
+        acc.print(f"epoch {record['epoch']}/{self.cfg.train.epochs}: {format_record(record)}")
 
     # ---- after training -----------------------------------------------------------------------
     def result(self, summary: dict) -> RunResult:
@@ -425,8 +358,3 @@ class Trainer:
             self._lock.release()
             self._lock = None
 
-
-def _fmt(record: dict) -> str:
-    keys = ("test_acc", "val_acc", "imagenet_acc", "knn_acc", "noise_auc", "clean_ratio_est", "label_acc", "loss")
-    text = "  ".join(f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float))
-    return text + (f"  bad_images {record['bad_images']}" if record.get("bad_images") else "")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tcl_hf import rundir
+from tcl_hf.rundir import checkpoints as ckpt
+from tcl_hf.rundir import lock as run_lock
 from tcl_hf.config import load_config
 from tcl_hf.errors import ConfigError, DataError, TCLError
 from tcl_hf.rundir import checkpoint_dirs
@@ -97,10 +99,10 @@ def test_lock_file_fallback_takes_over_from_a_dead_process(tmp_path, monkeypatch
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_flock)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid_file = tmp_path / (rundir.LOCK_FILE.removesuffix(".lock") + ".pid")
-    pid_file.write_text(f"{rundir.socket.gethostname()} pid {int(dead.stdout)}")
+    pid_file.write_text(f"{run_lock.socket.gethostname()} pid {int(dead.stdout)}")
     lock = rundir.RunLock(tmp_path).acquire()
     assert f"pid {os.getpid()}" in pid_file.read_text()
     with pytest.raises(TCLError, match="in use by another tcl_hf run"):
@@ -219,13 +221,13 @@ def test_same_step_replacement_never_leaves_no_checkpoint(two_checkpoints, monke
             raise KeyboardInterrupt  # the process dies between setting the old one aside and renaming the new
         return real(src, dst)
 
-    monkeypatch.setattr(rundir.os, "replace", killed_after_first_rename)
+    monkeypatch.setattr(ckpt.os, "replace", killed_after_first_rename)
     with pytest.raises(KeyboardInterrupt):
-        rundir._move_into_place(tmp, final)
+        ckpt._move_into_place(tmp, final)
     monkeypatch.undo()
     found = checkpoint_dirs(two_checkpoints)
-    assert [rundir._step_of(p.name) for p in found] == [6, 12]
-    assert found[-1].name.startswith(rundir.REPLACED_PREFIX) and rundir.checkpoint_problem(found[-1]) is None
+    assert [ckpt._step_of(p.name) for p in found] == [6, 12]
+    assert found[-1].name.startswith(ckpt.REPLACED_PREFIX) and rundir.checkpoint_problem(found[-1]) is None
 
 
 def test_torn_last_metrics_line_does_not_stop_a_resume(two_checkpoints):

@@ -1,0 +1,105 @@
+"""One run per folder: an exclusive lock on ``output_dir`` for a run's lifetime."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+
+from ..errors import TCLError
+from .folder import check_writable
+from .names import LOCK_FILE
+
+# ---- the lock ----------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock on ``output_dir`` for one run's lifetime (``flock``: the kernel releases it
+    when the holder dies, so a crashed run never leaves a stale lock). Where the file system has no
+    ``flock`` (some network mounts), a lock file naming host and pid stands in, and one left by a dead
+    process on this host is taken over."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / LOCK_FILE
+        self._fd: int | None = None
+        self._pid_file = False
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise TCLError(f"output_dir: {self.path.parent} is in use by another tcl_hf run ({holder}); wait for it "
+                           f"to finish or choose another output_dir") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            return self._acquire_pid_file()
+        os.ftruncate(fd, 0)
+        os.write(fd, _holder_text().encode())
+        self._fd = fd
+        return self
+
+    def _acquire_pid_file(self) -> "RunLock":
+        path = self.path.with_suffix(".pid")
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = path.read_text(errors="replace").strip()
+                host, _, pid = holder.partition(" pid ")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    path.unlink(missing_ok=True)  # left by a run that died on this machine
+                    continue
+                raise TCLError(f"output_dir: {self.path.parent} is in use by another tcl_hf run ({holder}); "
+                               f"wait for it to finish or choose another output_dir") from None
+            os.write(fd, _holder_text().encode())
+            os.close(fd)
+            self._pid_file = True
+            return self
+        raise TCLError(f"output_dir: cannot lock {self.path.parent}; choose another output_dir")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays for the next run to lock
+            self._fd = None
+        if self._pid_file:
+            self.path.with_suffix(".pid").unlink(missing_ok=True)
+            self._pid_file = False
+
+    def __del__(self):
+        self.release()
+
+def lock_run_folder(output_dir: Path, is_main: bool, agree: Callable[[bool], bool]) -> RunLock | None:
+    """The main process takes the folder's lock; every process stops if it could not be taken
+    (``agree(failed_here)`` tells every process whether any failed)."""
+    check_writable(output_dir)
+    lock, problem = None, None
+    if is_main:
+        try:
+            lock = RunLock(output_dir).acquire()
+        except TCLError as exc:
+            problem = exc
+    if agree(problem is not None):
+        raise problem or TCLError(f"output_dir: {output_dir} is in use by another tcl_hf run")
+    return lock
+
+def _holder_text() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+def _read_holder(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 200).decode(errors="replace").strip()
+    return text or "unknown process"
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

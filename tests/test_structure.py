@@ -1,0 +1,124 @@
+"""The package's shape: no import circles, modules small enough to read, and a light ``import tcl_hf``."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tcl_hf"
+REPO = PACKAGE.parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """Every tcl_hf module that ``path`` names in an import statement, at any depth (a function-level import
+    that imports back is still a circle); ``from .pkg import name`` counts as ``pkg.name`` when that is a
+    module, else as ``pkg``."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("tcl_hf")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("tcl_hf"):
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in modules else target)
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
+    return {module_name(p): imported_modules(p, modules) for p in paths}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle():
+    # Guards the check below: a hand-made circle is found, a chain is not.
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_circle_in_the_package():
+    graph = import_graph()
+    assert "tcl_hf.trainer" in graph and "tcl_hf.data.images" in graph  # the walk sees the whole package
+    assert "tcl_hf.models" in graph["tcl_hf.trainer"]
+    assert cycles(graph) == []
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: module_name(p))
+def test_modules_are_small_enough_to_read(path):
+    limit = 350 if path.name == "trainer.py" else 400
+    assert len(path.read_text().splitlines()) < limit
+
+
+def _modules_after(code: str) -> list[str]:
+    heavy = ("torch", "timm", "huggingface_hub", "wandb", "matplotlib", "datasets", "accelerate")
+    probe = f"{code}\nimport sys\nprint('loaded:', *(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()[-1].split()[1:]
+
+
+def test_import_tcl_hf_is_light():
+    assert _modules_after("import tcl_hf") == []
+
+
+def test_train_py_help_imports_nothing_heavy():
+    code = ("import runpy, sys\nsys.argv = ['train.py', '--help']\n"
+            "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass")
+    assert _modules_after(code) == []
+
+
+@pytest.mark.parametrize("order", ["import tcl_hf, timm", "import timm, tcl_hf"])
+def test_architectures_are_registered_whichever_is_imported_first(order):
+    probe = f"{order}\nprint(all(timm.is_model(n) for n in ('tcl_classifier', 'preact_resnet18_cifar')))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
