@@ -9,6 +9,9 @@ import pytest
 
 from tcl_hf.config import load_config
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 LOSS_KEYS = ("loss", "loss_con", "loss_cls", "loss_align", "loss_ent", "loss_ne")
 EPOCH_KEYS = ("epoch", "lr", *LOSS_KEYS, "test_acc", "knn_acc", "clean_ratio_est", "noise_rate", "noise_auc",

@@ -151,6 +151,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_errors_without_traceback(repo_root):
     # Each interpreter spends seconds importing torch/timm, so the cases run side by side.
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}

@@ -18,6 +18,9 @@ from tcl_hf.data.contract import resolve_input_contract
 from tcl_hf.export import publish_run
 from tcl_hf.trainer import Trainer
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def contract_for(*overrides: str):
     cfg = load_config(None, list(overrides))

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 # (name, data.limit, sync_bn, training steps): 96 samples split evenly over 2 processes x eval batches
 # of 16, 101 do not (the sampler pads with repeats that must be dropped); the last keeps sync_bn's default.
 LAUNCHES = [("even", 96, False, 0), ("uneven", 101, False, 1), ("syncbn", 101, True, 0)]

@@ -260,6 +260,7 @@ def test_resize_smaller_than_size_is_refused():
         FileImages([], bilinear(16, crop=32))
 
 
+@pytest.mark.slow
 def test_loader_workers_flag_bad_images(webvision):
     paths = [p for p, _ in webvision.splits["train"]]
     bad = {i for i, p in enumerate(paths) if p in webvision.corrupt | webvision.missing}
@@ -274,6 +275,7 @@ def test_loader_workers_flag_bad_images(webvision):
     assert sorted(seen) == list(range(len(paths)))
 
 
+@pytest.mark.slow
 def test_error_from_a_worker_still_names_the_file(webvision):
     path = sorted(webvision.corrupt)[0]
     loader = DataLoader(FileImages([path], bilinear(8), on_bad_image="error"), batch_size=1, num_workers=1)
@@ -438,6 +440,7 @@ def test_images_folder_may_be_a_symlink_to_another_disk(tmp_path):
     assert (image.to(torch.int16) - colour).abs().max() <= 4
 
 
+@pytest.mark.slow
 def test_fifo_named_like_an_image_is_a_bad_image_not_a_hang(tmp_path):
     fifo = tmp_path / "x.jpg"
     os.mkfifo(fifo)
@@ -471,6 +474,7 @@ def test_pixel_cap_applies_to_embedded_images_too():
     assert ok and array[4, 4].tolist() == [7, 7, 7]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, value, fmt", [("I;16", 128 * 257, "PNG"), ("I;16B", 128 * 257, "TIFF"),
                                               ("I", 128 * 257, "TIFF"), ("F", 0.5, "TIFF")])
 def test_high_bit_depth_images_are_rescaled_not_clipped(tmp_path, mode, value, fmt):

@@ -10,6 +10,9 @@ from PIL import Image
 from tcl_hf.config import load_config
 from tcl_hf.job import run_job
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 SMALL = ["model.backbone=resnet18", "model.pretrained=false", "data.image_size=32", "train.batch_size=8",
          "train.max_steps=2", "train.epochs=2", "model.proj_dim=32", "eval.knn_k=5", "log.progress=false",
          "optim.warmup_epochs=1"]

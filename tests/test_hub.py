@@ -103,6 +103,7 @@ def test_export_loads_with_other_class_counts_for_fine_tuning(tmp_path):
         assert torch.allclose(features(x), model.classifier[:4](model.encoder(x)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_import_tcl_hf_is_enough_to_load_an_export(tmp_path):
     model = trained_like("preact_resnet_mini")
     out = export.export_classifier(model, tmp_path / "hub", backbone="preact_resnet_mini", label_names=list("abcd"),
@@ -340,6 +341,7 @@ def tiny_run(tmp_path_factory):
     return run_dir, trainer, summary
 
 
+@pytest.mark.slow
 def test_export_cli_reexports_a_finished_run(tiny_run, capsys):
     run_dir, trainer, summary = tiny_run
     assert export.main([str(run_dir)]) == 0
@@ -372,6 +374,7 @@ def test_export_cli_reexports_a_finished_run(tiny_run, capsys):
     assert {p.name for p in (run_dir / "plots").iterdir()} == {"clean_prob.png", "curves.png"}
 
 
+@pytest.mark.slow
 def test_export_cli_push_failure_exits_2_with_one_line(tiny_run, monkeypatch, capsys):
     run_dir, _, _ = tiny_run
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
@@ -384,6 +387,7 @@ def test_export_cli_push_failure_exits_2_with_one_line(tiny_run, monkeypatch, ca
     assert HUB_FILES <= {p.name for p in (run_dir / "hub").iterdir()} and (run_dir / "label_issues.csv").is_file()
 
 
+@pytest.mark.slow
 def test_export_cli_errors_for_a_folder_without_a_run(tmp_path, capsys):
     assert export.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -428,6 +432,7 @@ def test_export_keeps_hub_dataset_ids():
     assert public["data"]["path"] == "uoft-cs/cifar10" and public["output_dir"] == "x"
 
 
+@pytest.mark.slow
 def test_trained_run_publishes_no_local_path(tiny_run):
     run_dir, _, _ = tiny_run
     assert files_containing(run_dir / "hub", str(run_dir.parent)) == []
@@ -503,6 +508,7 @@ def test_token_check_is_skipped_offline_or_without_a_repo(monkeypatch, tmp_path)
     hub.check_push_token(None)
 
 
+@pytest.mark.slow
 def test_trainer_checks_the_token_before_any_work(online, monkeypatch, tmp_path):
     from tcl_hf.trainer import Trainer
 
@@ -516,6 +522,7 @@ def test_trainer_checks_the_token_before_any_work(online, monkeypatch, tmp_path)
     assert not out.exists()  # refused before the run folder, the data or the model
 
 
+@pytest.mark.slow
 def test_offline_run_still_trains_exports_then_fails_the_push(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "HF_TOKEN": "hf_test_token"}
@@ -529,6 +536,7 @@ def test_offline_run_still_trains_exports_then_fails_the_push(tmp_path):
     assert (out / "summary.json").is_file() and HUB_FILES <= {p.name for p in (out / "hub").iterdir()}
 
 
+@pytest.mark.slow
 def test_reexport_without_push_needs_no_token_for_the_saved_repo(tiny_run, online, tmp_path):
     import shutil
 

@@ -8,6 +8,9 @@ from tcl_hf.config import load_config
 from tcl_hf.errors import TCLError
 from tcl_hf.trainer import Trainer
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 TINY = ["data.format=digits", "data.limit=64", "data.image_size=32", "model.backbone=resnet18", "model.proj_dim=16",
         "train.batch_size=16", "train.epochs=1", "log.progress=false"]
 

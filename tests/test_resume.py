@@ -15,6 +15,9 @@ from tcl_hf.rundir import checkpoint_dirs
 from tcl_hf.errors import StopRequested
 from tcl_hf.trainer import Trainer
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("test_acc", "knn_acc", "noise_auc", "label_acc", "clean_ratio_est", "loss", "loss_con", "noise_recall")
 TINY = ["data.format=digits", "data.limit=160", "data.image_size=16", "model.backbone=preact_resnet_mini",

@@ -24,6 +24,9 @@ from tcl_hf.errors import ConfigError, DataError, TCLError
 from tcl_hf.rundir import checkpoint_dirs
 from tcl_hf.trainer import Trainer
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",

@@ -47,6 +47,7 @@ def finished_run(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_second_run_into_finished_folder_is_refused_and_nothing_lost(finished_run):
     out, _ = finished_run
     before = (out / "summary.json").read_bytes()
@@ -57,6 +58,7 @@ def test_second_run_into_finished_folder_is_refused_and_nothing_lost(finished_ru
     assert checkpoint_dirs(out)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_previous_outputs(tmp_path):
     Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", "train.max_steps=1"])).train()
     (tmp_path / "notes.txt").write_text("mine")
@@ -72,12 +74,14 @@ def test_unwritable_output_dir_is_refused_before_work():
         Trainer(load_config(None, [*TINY, "output_dir=/proc/x"]))
 
 
+@pytest.mark.slow
 def test_huge_lr_stops_with_one_line(tmp_path):
     proc = _cli(*TINY, f"output_dir={tmp_path}", "optim.lr=1e6")  # the largest lr allowed
     _one_line_error(proc, "diverged", "step", "loss")
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_divergence_names_the_term_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     import tcl_hf.trainer as trainer_module
 
@@ -99,6 +103,7 @@ def test_divergence_names_the_term_and_keeps_last_good_checkpoint(tmp_path, monk
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000006"]
 
 
+@pytest.mark.slow
 def test_label_file_of_wrong_length_is_refused_naming_length(tmp_path):
     labels = tmp_path / "labels.npy"
     np.save(labels, np.arange(7) % 10)
@@ -106,6 +111,7 @@ def test_label_file_of_wrong_length_is_refused_naming_length(tmp_path):
     _one_line_error(proc, "noise.file", "7")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_checkpoint_and_says_how_to_resume(tmp_path):
     args = [*TINY, f"output_dir={tmp_path}", "train.epochs=20", "data.limit=320"]
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=ENV,
@@ -160,6 +166,7 @@ _values = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_
                     st.booleans(), st.none(), st.text(max_size=12), st.lists(st.floats(-2, 2), max_size=4))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(key=st.sampled_from(sorted(flat_keys()) + ["nope", "train.nope", "data"]), value=_values)
 def test_parser_fuzz_gives_config_or_one_line_error(key, value):
@@ -188,12 +195,14 @@ def _parquet_dataset(tmp_path: Path, train_labels, test_labels, images=None, num
     return tmp_path / "ds"
 
 
+@pytest.mark.slow
 def test_dataset_with_one_class_is_refused(tmp_path):
     path = _parquet_dataset(tmp_path, [0] * 6, [0] * 3, num_classes=1)
     with pytest.raises(DataError, match="at least 2"):
         Trainer(load_config(None, [*TINY, "data.format=hf", f"data.path={path}", f"output_dir={tmp_path / 'r'}"]))
 
 
+@pytest.mark.slow
 def test_empty_split_is_refused(tmp_path):
     path = _parquet_dataset(tmp_path, [0, 1, 0, 1], [], num_classes=2)
     with pytest.raises(TCLError, match="test"):
@@ -216,6 +225,7 @@ def test_odd_sizes_and_modes_are_converted(tmp_path):
     assert bundle.train.images.dtype.is_floating_point is False
 
 
+@pytest.mark.slow
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     import errno
 
@@ -316,6 +326,7 @@ CLI_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, case):
     args, needles = CLI_CASES[case](tmp_path)

@@ -117,6 +117,7 @@ def test_train_py_help_imports_nothing_heavy():
     assert _modules_after(code) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["import tcl_hf, timm", "import timm, tcl_hf"])
 def test_architectures_are_registered_whichever_is_imported_first(order):
     probe = f"{order}\nprint(all(timm.is_model(n) for n in ('tcl_classifier', 'preact_resnet18_cifar')))"

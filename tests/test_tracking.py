@@ -1,6 +1,10 @@
 """Tracking goes through accelerate's wandb tracker and works offline (WANDB_MODE=offline)."""
+import pytest
 from tcl_hf.config import load_config
 from tcl_hf.job import run_job
+
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
 
 
 def test_wandb_offline_run_records_metrics(tmp_path, monkeypatch):

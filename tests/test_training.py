@@ -6,6 +6,9 @@ import pytest
 from tcl_hf.config import load_config
 from tcl_hf.job import run_job
 
+# Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
         "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=8", "eval.knn_k=10",
         "log.progress=false", "optim.warmup_epochs=1"]
