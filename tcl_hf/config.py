@@ -70,6 +70,9 @@ class DataConfig:
                                  "40 MP is above any WebVision/Clothing1M image and a 36 MP camera photo, and stops "
                                  "decompression bombs long before PIL's 89 MP limit")
     in_memory: Optional[bool] = option(None, help="decode all images up front; null = when they fit in 4 GiB")
+    on_device: Optional[bool] = option(None, help="keep the decoded images on the training device and cut batches "
+                                       "there; null = when they are in memory and take at most a quarter of the "
+                                       "GPU's memory (always on a CPU)")
     image_column: Optional[str] = option(None, help="image column; null = the first Image column")
     label_column: Optional[str] = option(None, help="label column; null = the first ClassLabel column")
     clean_label_column: Optional[str] = option(None, help="column with known clean labels, if any")
@@ -116,6 +119,11 @@ class TCLConfig:
     scale1: Optional[float] = option(None, in_range(0.0, 1.0), "null = estimated clean ratio")
     scale2: Optional[float] = option(None, in_range(0.0, 1.0), "null = estimated clean ratio")
     per_class_gmm: bool = option(False, help="one GMM per class (reference sep_gmm)")
+    gmm_backend: Literal["torch", "sklearn"] = option("torch", help="torch: all classes at once on the device; "
+                                                       "sklearn: the reference's GaussianMixture, class by class")
+    em_subset: Optional[int] = option(None, positive, "EM steps after the first use a class-stratified random "
+                                      "subset of this many training samples; the others keep their confidence "
+                                      "from their last EM step (Clothing1M-scale sets); null = every sample")
     lambda_con: float = option(1.0, non_negative, "weight of the contrastive loss; 0.25 = the reference's "
                              "effective weight on its 4 GPUs (paper recipes)")
     lambda_cls: float = option(1.0, non_negative)
@@ -129,6 +137,8 @@ class AugConfig:
     crop_padding: Optional[int] = option(None, non_negative, "weak view padding; null = size/8")
     strong_scale_min: float = option(0.2, in_range(0.0, 1.0, lo_open=True))
     hflip: bool = option(True)
+    pipeline: Literal["batched", "pil"] = option("batched", help="batched: the views on the training device; pil: "
+                                                 "the reference's per-image PIL transforms in loader workers")
 
 
 @dataclass
@@ -149,9 +159,10 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = option(200, positive)
     batch_size: int = option(256, _batch_size, "per process; at least 2 (BatchNorm needs two samples)")
-    eval_batch_size: Optional[int] = option(None, positive, "null = 2 x batch_size")
+    eval_batch_size: Optional[int] = option(None, positive, "EM step and evaluation batch; null = 4 x batch_size")
     max_steps: Optional[int] = option(None, positive, "stop after N optimizer steps")
     grad_accum_steps: int = option(1, positive)
+    compile: Optional[bool] = option(None, help="torch.compile the model; null = on a GPU")
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = option(None, help="null = the launcher's")
     sync_bn: bool = option(True, help="SyncBatchNorm with several processes")
     resume: bool = option(False, help="continue from the newest checkpoint in output_dir")
@@ -160,6 +171,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    every: int = option(1, positive, "evaluate the held-out sets every N epochs (and after the last)")
     knn_k: int = option(200, positive)
     knn_t: float = option(0.1, positive)
 
@@ -170,6 +182,8 @@ class LogConfig:
     project: str = option("tcl_hf")
     run_name: Optional[str] = option(None)
     progress: bool = option(True, help="progress bar on the main process")
+    every: int = option(20, positive, "read the loss terms off the device every N steps: the progress bar, the "
+                        "divergence check and a stop signal with several processes answer at that pace")
 
 
 @dataclass
@@ -233,6 +247,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.pretrained_file: {cfg.model.pretrained_file!r} does not exist")
     if cfg.noise.type in ("sym", "asym") and cfg.noise.rate == 0.0:
         raise ConfigError(f"noise.rate: must be > 0 when noise.type={cfg.noise.type} (or use noise.type=none)")
+    if cfg.data.on_device and cfg.data.in_memory is False:
+        raise ConfigError("data.on_device: true needs the images decoded in memory; drop data.in_memory=false")
+    if cfg.data.on_device and cfg.aug.pipeline == "pil":
+        raise ConfigError("data.on_device: the pil pipeline makes its views in loader workers on the CPU; "
+                          "use aug.pipeline=batched or data.on_device=false")
     if (cfg.data.mean is None) != (cfg.data.std is None):
         raise ConfigError("data.mean/data.std: give both or neither")
     if cfg.data.std is not None and any(s <= 0 for s in cfg.data.std):

@@ -30,9 +30,14 @@ class GatherWithGrad(torch.autograd.Function):
         return stacked[dist.get_rank()]
 
 
+def gather_equal(z: torch.Tensor) -> torch.Tensor:
+    """Every process's rows, ours with gradients, when every process has as many (device-resident batches)."""
+    return torch.cat(GatherWithGrad.apply(z), dim=0)
+
+
 def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
-    """Every process's rows, ours with gradients; batches may differ in size (skipped images), so rows
-    are padded to the largest batch and the padding cut away."""
+    """Every process's rows, ours with gradients; batches may differ in size (unreadable images dropped), so
+    the sizes are gathered first (a host sync), rows padded to the largest batch and the padding cut away."""
     sizes = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([z.shape[0]], device=z.device))
     sizes = [int(s) for s in torch.cat(sizes).tolist()]

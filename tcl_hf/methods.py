@@ -26,7 +26,7 @@ class Detection:
 
 @dataclass
 class StepInputs:
-    images: torch.Tensor        # uint8 batch on the training device
+    images: torch.Tensor | tuple  # uint8 batch on the training device, or its views made by the loader
     labels: torch.Tensor        # the given labels of the batch
     confidences: torch.Tensor   # the last EM step's confidences of the batch
     prototypes: torch.Tensor    # the last EM step's prototypes
@@ -46,10 +46,9 @@ class TCL:
         self.gather = gather
 
     def step_terms(self, model, views, batch: StepInputs) -> dict[str, torch.Tensor]:
-        images = batch.images
-        x_w, x_q, x_k = views.weak(images), views.strong(images), views.strong(images)
+        x_w, x_q, x_k = views.three(batch.images)
         x_mix, perm, lam = mixup(torch.cat([x_w, x_q, x_k]), self.cfg.mixup_alpha)
-        b = images.shape[0]
+        b = x_w.shape[0]
         # One pass over all six parts keeps batch-norm statistics shared, as in the reference.
         z, logits = model(torch.cat([x_w, x_mix, x_q, x_k]))
         _, z_mix, z_q, z_k = z.split([b, 3 * b, b, b])

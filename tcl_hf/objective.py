@@ -25,7 +25,7 @@ def info_nce(z_q: torch.Tensor, z_k: torch.Tensor, temperature: float) -> torch.
     sim = z @ z.T / temperature
     # An anchor must not be its own negative.
     sim.fill_diagonal_(float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    positives = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     return F.cross_entropy(sim, positives)
 
 
@@ -54,7 +54,8 @@ def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator | None = Non
     beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
     lam = float(beta.sample())
     lam = max(lam, 1.0 - lam)
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    # Drawn on the images' device: nothing crosses from the host per step.
+    perm = torch.randperm(x.shape[0], generator=generator, device=x.device)
     return lam * x + (1 - lam) * x[perm], perm, lam
 
 

@@ -26,6 +26,9 @@ def lr_at(epoch: float, peak_lr: float, warmup_epochs: int, epochs: int, min_rat
     return low + 0.5 * (peak_lr - low) * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    # Like the reference, every parameter (BN and biases included) gets weight decay.
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+def build_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
+                    fused: bool = False) -> torch.optim.SGD:
+    """SGD as the reference: every parameter (BN and biases included) gets weight decay. ``fused`` (a GPU) updates
+    all parameters in one kernel; otherwise PyTorch's multi-tensor (foreach) path where it has one."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           fused=fused or None)

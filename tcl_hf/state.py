@@ -30,11 +30,10 @@ class RunState:
         self.scale1 = 0.0
         self.scale2 = 0.0
 
-    def add_losses(self, values: dict[str, float]) -> None:
-        """One batch's loss terms into the running sums of the epoch in progress."""
-        for key, value in values.items():
+    def add_loss_sums(self, sums: dict[str, float]) -> None:
+        """Loss terms summed over some batches into the running sums of the epoch in progress."""
+        for key, value in sums.items():
             self.loss_sums[key] = self.loss_sums.get(key, 0.0) + value
-        self.batches_done += 1
 
     def pop_loss_means(self) -> tuple[list[str], list[float]]:
         """(term names, their means over this process's batches of the epoch); starts the next epoch."""
@@ -59,3 +58,28 @@ class RunState:
             raise ValueError(f"run state does not match this run (tensors {found}, expected {expected})")
         for key, value in {**scalars, **tensors}.items():
             setattr(self, key, value)
+
+
+class LossMeter:
+    """A step's loss terms summed on the training device; ``read`` brings the sums to the host (the one
+    synchronisation), every ``log.every`` steps and before anything is saved."""
+
+    def __init__(self):
+        self.keys: list[str] = []
+        self.sums: torch.Tensor | None = None
+        self.first_step: int | None = None
+
+    def add(self, terms: dict[str, torch.Tensor], step: int) -> None:
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        if self.sums is None:
+            self.keys, self.sums, self.first_step = list(terms), values, step
+        else:
+            self.sums += values
+
+    def read(self) -> tuple[dict[str, float], int | None]:
+        """(sums since the last read, the first step they cover); empty when nothing was added."""
+        if self.sums is None:
+            return {}, None
+        out, first = dict(zip(self.keys, self.sums.tolist())), self.first_step
+        self.sums, self.first_step = None, None
+        return out, first

@@ -281,9 +281,12 @@ class Views(nn.Module):
     """
 
     def __init__(self, size: int, mean, std, padding: int | None = None, strong_scale_min: float = 0.2,
-                 hflip: bool = True, storage_size: int | None = None):
+                 hflip: bool = True, storage_size: int | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.size = size
+        # channels_last on a GPU: the network's convolutions then run without a layout change.
+        self.memory_format = memory_format
         self.storage_size = storage_size or size
         if self.storage_size == size:
             self.padding = max(1, size // 8) if padding is None else padding
@@ -295,7 +298,7 @@ class Views(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     @staticmethod
     def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -334,6 +337,10 @@ class Views(nn.Module):
 
     def strong(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply_strong(images, self.sample_strong(images.shape[0], images.device, generator))
+
+    def three(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """TCL's three views of a batch: (weak, strong, strong)."""
+        return self.weak(images), self.strong(images), self.strong(images)
 
     @torch.no_grad()
     def test(self, images: torch.Tensor) -> torch.Tensor:

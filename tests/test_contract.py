@@ -99,7 +99,7 @@ def test_exported_config_rebuilds_the_evaluation_preprocessing(exported_224):
     # Pixel for pixel: timm's transform of the original image is the trainer's test view of it.
     for i, image in enumerate(test_images):
         stored = trainer.data.test[i][0].unsqueeze(0)
-        ours = trainer.views.test(stored.to(trainer.accelerator.device))[0].cpu()
+        ours = trainer.feed.test_view.test(stored.to(trainer.accelerator.device))[0].cpu()
         assert torch.allclose(transform(image), ours, atol=1e-5), i
     config = json.loads((hub_dir / "config.json").read_text())["pretrained_cfg"]
     assert (config["crop_pct"], config["interpolation"], config["input_size"]) == (0.95, "bicubic", [3, 224, 224])

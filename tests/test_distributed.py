@@ -80,7 +80,9 @@ def contrastive_gradients(trainer, rows: slice) -> torch.Tensor:
     z_q, z_k = z.split([b, b])
     logits_q, logits_k = logits.split([b, b])
     labels = torch.arange(b, device=acc.device) % trainer.num_classes
-    gather = trainer._gather_with_grad if acc.num_processes > 1 else None
+    from tcl_hf.distributed import gather_with_grad
+
+    gather = gather_with_grad if acc.num_processes > 1 else None
     terms = tcl_loss(z_q, z_k, z_q.repeat(3, 1), logits_q, logits_k, logits_q.repeat(3, 1), labels=labels,
                      confidences=torch.ones(b, device=acc.device),
                      prototypes=torch.eye(trainer.num_classes, z.shape[1], device=acc.device), lam=1.0,
@@ -140,7 +142,7 @@ def save_calibrated_weights(root: Path) -> Path:
         m.momentum = None  # a plain average over the one pass below
     model.train()
     with torch.no_grad():
-        model(trainer.views.test(trainer.data.train.images))
+        model(trainer.feed.test_view.test(trainer.data.train.images))
     for m in norms:
         m.momentum = 0.1
     weights = root / "weights.pt"

@@ -351,7 +351,7 @@ def test_export_cli_reexports_a_finished_run(tiny_run, capsys):
 
     # The exported classifier reproduces the trained model on the test images, through timm's loader.
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()
-    images = trainer.views.test(trainer.data.test.images[:8])
+    images = trainer.feed.test_view.test(trainer.data.test.images[:8])
     loaded = timm.create_model(f"local-dir:{hub_dir}", pretrained=True).eval()
     with torch.no_grad():
         assert torch.allclose(loaded(images), trained(images)[1], atol=1e-5)

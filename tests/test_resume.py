@@ -13,6 +13,7 @@ import pytest
 from tcl_hf.config import load_config
 from tcl_hf.rundir import checkpoint_dirs
 from tcl_hf.errors import StopRequested
+from tcl_hf.state import LossMeter
 from tcl_hf.trainer import Trainer
 
 # Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
@@ -42,8 +43,15 @@ def _assert_same(a: dict, b: dict):
 
 def test_stop_mid_epoch_then_resume_matches(uninterrupted, tmp_path, monkeypatch):
     reference, _ = uninterrupted
-    # Ask for a stop after step 13: one step into epoch 2 (10 steps per epoch).
-    monkeypatch.setattr(Trainer, "_stop_requested", lambda self: self.state.step == 13)
+    # A real SIGTERM during step 13: one step into epoch 2 (10 steps per epoch).
+    real_add = LossMeter.add
+
+    def signal_during_step_13(self, terms, step):
+        real_add(self, terms, step)
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(LossMeter, "add", signal_during_step_13)
     with pytest.raises(StopRequested) as stop:
         _run(tmp_path)
     assert stop.value.checkpoint.name == "step_00000013"

@@ -82,10 +82,11 @@ def test_huge_lr_stops_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_divergence_names_the_term_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import tcl_hf.trainer as trainer_module
+@pytest.mark.parametrize("every, where", [(1, "at step 9"), (4, "between steps 9 and 12")])
+def test_divergence_names_the_term_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, every, where):
+    import tcl_hf.methods as methods
 
-    real = trainer_module.tcl_loss
+    real = methods.tcl_loss
 
     def poisoned(*args, **kwargs):
         terms = real(*args, **kwargs)
@@ -94,12 +95,13 @@ def test_divergence_names_the_term_and_keeps_last_good_checkpoint(tmp_path, monk
             terms["loss"] = terms["loss"] + terms["loss_align"]
         return terms
 
-    monkeypatch.setattr(trainer_module, "tcl_loss", poisoned)
-    trainer = Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", "train.epochs=2"]))
+    monkeypatch.setattr(methods, "tcl_loss", poisoned)
+    trainer = Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", "train.epochs=2", f"log.every={every}"]))
     with pytest.raises(TCLError) as err:
         trainer.train()
     message = str(err.value)
-    assert "loss_align" in message and "step 9" in message and "step_00000006" in message
+    # The loss terms are read off the device every log.every steps: the line names the steps since the last read.
+    assert "loss_align" in message and where in message and "step_00000006" in message
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000006"]
 
 

@@ -66,3 +66,36 @@ def shard(num: int, process_index: int, num_processes: int) -> range:
     """The contiguous slice of range(num) one process extracts; every index in exactly one slice."""
     per = math.ceil(num / num_processes)
     return range(min(num, process_index * per), min(num, (process_index + 1) * per))
+
+
+def _to_device(images, device):
+    # Pinned host memory (the loader pins it on a GPU machine) lets the copy overlap the previous step.
+    if isinstance(images, (list, tuple)):
+        return tuple(x.to(device, non_blocking=True) for x in images)
+    return images.to(device, non_blocking=True)
+
+
+class LoaderBatches:
+    """Training batches from a loader (lazy decoding in workers, or the reference's PIL views): the same
+    ``epoch(e, start)`` as ``DeviceBatches``; unreadable images are dropped on the host, before the copy."""
+
+    def __init__(self, loader, device, sampler=None):
+        self.loader, self.device, self.sampler = loader, device, sampler
+
+    def steps(self, epoch: int) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple]:
+        from accelerate import skip_first_batches
+
+        self.loader.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        # The sampler's order is fixed by (seed, epoch), so skipping reproduces the rest of the epoch.
+        loader = skip_first_batches(self.loader, start) if start else self.loader
+        for images, index, ok in loader:
+            if not bool(ok.all()) and int(ok.sum()) >= 2:
+                keep = ok.nonzero().squeeze(1)
+                images = [x[keep] for x in images] if isinstance(images, (list, tuple)) else images[keep]
+                index = index[keep]
+            yield _to_device(images, self.device), index.to(self.device, non_blocking=True)

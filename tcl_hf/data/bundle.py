@@ -27,3 +27,10 @@ class DataBundle:
     def eval_sets(self) -> dict:
         """Every held-out set by name, "test" first."""
         return {"test": (self.test, self.test_labels), **self.extra_evals}
+
+    def sample_counts(self, bad: dict[str, int]) -> dict[str, int]:
+        """Usable images per split (listed and labelled, minus the ``bad`` unreadable ones) and the bad total."""
+        sizes = {"train": len(self.train), **{name: len(ds) for name, (ds, _) in self.eval_sets.items()}}
+        counts = {f"{name}_samples": size - bad.get(name, 0) for name, size in sizes.items()}
+        unlabelled = {"unlabelled": self.unlabelled} if self.unlabelled else {}
+        return {**counts, "bad_images": sum(bad.values()), **unlabelled}

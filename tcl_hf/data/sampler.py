@@ -19,6 +19,16 @@ def class_quotas(counts: np.ndarray, total: int) -> np.ndarray:
         remaining -= quotas[k]
     return quotas
 
+def stratified_subset(labels: np.ndarray, num_classes: int, size: int, seed: int, epoch: int) -> np.ndarray:
+    """Sorted indices of a random subset whose classes keep their proportions (an EM step on part of a huge set)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, epoch, 1])
+    counts = np.bincount(labels, minlength=num_classes)
+    quotas = np.floor(counts * min(1.0, size / max(len(labels), 1))).astype(np.int64)
+    picked = [rng.choice(np.flatnonzero(labels == k), size=q, replace=False) for k, q in enumerate(quotas) if q]
+    return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
+
+
 def balanced_subset(labels: np.ndarray, num_classes: int, samples_per_epoch: int, seed: int, epoch: int) -> np.ndarray:
     """Shuffled indices of a class-balanced random subset, the same for the same (seed, epoch)."""
     labels = np.asarray(labels)
@@ -44,6 +54,8 @@ class BalancedSubsetSampler(Sampler):
     def __len__(self) -> int:
         return min(self.samples_per_epoch, len(self.labels))
 
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        return balanced_subset(self.labels, self.num_classes, self.samples_per_epoch, self.seed, epoch)
+
     def __iter__(self):
-        indices = balanced_subset(self.labels, self.num_classes, self.samples_per_epoch, self.seed, self.epoch)
-        return iter(indices.tolist())
+        return iter(self.epoch_indices(self.epoch).tolist())

@@ -1,0 +1,94 @@
+"""The fast path's pieces on the CPU: device-resident batches against loaders, the EM subset, eval.every, and the
+reference's PIL views as a training pipeline."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tcl_hf.config import load_config
+from tcl_hf.data.sampler import stratified_subset
+from tcl_hf.errors import DataError
+from tcl_hf.feed import keep_on_device
+from tcl_hf.rundir import read_metrics
+from tcl_hf.trainer import Trainer
+
+TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
+        "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "eval.knn_k=10",
+        "log.progress=false", "optim.warmup_epochs=1"]
+
+
+def trainer(tmp_path, *extra: str) -> Trainer:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Trainer(load_config(None, [*TINY, f"output_dir={tmp_path}", *extra]))
+
+
+def test_in_memory_sets_stay_on_the_device_unless_told(tmp_path):
+    t = trainer(tmp_path)
+    assert t.feed.on_device and keep_on_device(t.data, None, torch.device("cpu"))
+    assert not keep_on_device(t.data, False, torch.device("cpu"))
+    t.close()
+    lazy = trainer(tmp_path / "lazy", "data.in_memory=false")
+    assert not lazy.feed.on_device
+    with pytest.raises(DataError, match="data.on_device"):
+        keep_on_device(lazy.data, True, torch.device("cpu"))
+    lazy.close()
+
+
+def test_device_extraction_equals_the_loader_extraction(tmp_path):
+    t = trainer(tmp_path)
+    model = t.accelerator.unwrap_model(t.model)
+    rows = torch.arange(len(t.data.train))
+    on_device = t.feed.extract_train(model, rows)
+    t.feed.on_device = False  # the same split through a loader over the same rows
+    via_loader = t.feed.extract_train(model, rows)
+    assert torch.allclose(on_device.z, via_loader.z, atol=1e-5) and torch.allclose(on_device.p, via_loader.p, atol=1e-6)
+    some = torch.tensor([5, 0, 77, 31])
+    assert torch.allclose(t.feed.extract_train(model, some).z, on_device.z[some], atol=1e-5)
+    t.close()
+
+
+def test_stratified_subset_keeps_class_shares():
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])
+    picked = stratified_subset(labels, 4, 100, seed=0, epoch=3)
+    assert np.bincount(labels[picked], minlength=4).tolist() == [50, 25, 15, 10]
+    assert len(set(picked)) == 100
+    assert not np.array_equal(picked, stratified_subset(labels, 4, 100, seed=0, epoch=4))
+
+
+@pytest.mark.slow
+def test_em_subset_refreshes_a_subset_and_carries_the_rest(tmp_path):
+    t = trainer(tmp_path, "tcl.em_subset=48")
+    t.detect_noise()  # the first EM step covers every sample
+    t.train_epoch(1)
+    before = t.state.confidences.clone()
+    t.detect_noise(1)
+    subset = stratified_subset(t.given_labels.cpu().numpy(), t.num_classes, 48, 0, 1)
+    others = np.setdiff1d(np.arange(len(before)), subset)
+    assert torch.equal(t.state.confidences[others], before[others])
+    assert not torch.equal(t.state.confidences[subset], before[subset])
+    t.close()
+
+
+@pytest.mark.slow
+def test_eval_every_evaluates_every_n_epochs_and_after_the_last(tmp_path):
+    t = trainer(tmp_path, "train.epochs=3", "eval.every=2")
+    summary = t.train()
+    t.close()
+    evaluated = [r["epoch"] for r in read_metrics(tmp_path) if "test_acc" in r]
+    assert evaluated == [2, 3] and summary["test_acc"] is not None
+
+
+@pytest.mark.slow
+def test_the_reference_pil_views_train_through_loader_workers(tmp_path):
+    t = trainer(tmp_path, "aug.pipeline=pil", "train.max_steps=2", "data.num_workers=1")
+    assert not t.feed.on_device
+    (x_w, x_q, x_k), index = next(iter(t.feed.train.epoch(1)))
+    assert x_w.shape == x_q.shape == x_k.shape == (16, 3, 16, 16) and x_w.dtype == torch.float32
+    assert not torch.equal(x_q, x_k)  # two independent strong views
+    summary = t.train()
+    t.close()
+    assert summary["steps"] == 2 and np.isfinite(summary["loss"])
