@@ -86,7 +86,7 @@ class TCL(Method):
                         temperature=self.cfg.temperature, weights=self.weights, gather=self.gather)
 
     def detect(self, z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> Detection:
-        em = detector.em_step(z, p, labels, self.cfg.temperature, self.cfg.per_class_gmm)
+        em = detector.em_step(z, p, labels, self.cfg.temperature, self.cfg.per_class_gmm, self.cfg.gmm_backend)
         return Detection(em.confidences, em.prototypes, em.assignments)
 
 
@@ -95,14 +95,14 @@ class CrossEntropy(Method):
 
     def __init__(self, tcl_cfg, warmup_epochs: int):
         super().__init__(warmup_epochs)
-        self.per_class_gmm = tcl_cfg.per_class_gmm
+        self.per_class_gmm, self.gmm_backend = tcl_cfg.per_class_gmm, tcl_cfg.gmm_backend
 
     def step_terms(self, model, views, batch: StepInputs) -> dict[str, torch.Tensor]:
         _, logits = model(views.weak(batch.images), project=False)
         return ce_loss(logits, batch.labels)
 
     def detect(self, z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> Detection:
-        return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm))
+        return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm, self.gmm_backend))
 
 
 class TCLPlus(CrossEntropy):

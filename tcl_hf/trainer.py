@@ -64,8 +64,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the fastest kernels
         self.stop = StopSignals(acc.print)
         contract = resolve_input_contract(cfg.data, cfg.model)
-        # Decoding happens once per machine; the main process goes first so datasets' cache is warm.
-        with acc.main_process_first():
+        # Each machine's first process decodes and caches; its others map the decoded files (data/decoded.py).
+        with acc.local_main_process_first():
             self.data = load_data(cfg.data, contract, seed=cfg.seed)
         if self.data.unlabelled:
             acc.print(f"left out {self.data.unlabelled} listed training image(s) without an entry in the label file")

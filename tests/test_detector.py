@@ -312,3 +312,17 @@ def test_em_step_of_a_diverged_model_raises_one_line():
     p[0] = float("nan")
     with pytest.raises(TCLError, match="1 of 2000 noise scores are not finite"):
         prediction_confidences(p, given, per_class=True)
+
+
+@pytest.mark.parametrize("method", ["tcl", "ce"])
+def test_the_gmm_backend_key_reaches_the_em_step(method, monkeypatch):
+    from tcl_hf.config import load_config
+    from tcl_hf.methods import CrossEntropy, TCL
+    fitted = []
+    monkeypatch.setattr(detector, "sklearn_clean_posterior",
+                        lambda values, seed: fitted.append(len(values)) or np.ones(len(values)))
+    monkeypatch.setattr(detector, "fit_gmm2_batched", None)  # the sklearn backend never reaches the torch fit
+    tcl_cfg = load_config(None, ["tcl.gmm_backend=sklearn"]).tcl
+    z, p, given, _ = planted_noise()
+    chosen = TCL(tcl_cfg, 0, None) if method == "tcl" else CrossEntropy(tcl_cfg, 0)
+    assert (chosen.detect(z, p, given).confidences == 1).all() and fitted == [len(given)]

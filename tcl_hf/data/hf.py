@@ -1,5 +1,5 @@
 """Datasets through Hugging Face ``datasets``: any hub id, folder in hub layout, parquet/csv/json file, or the
-quickstart's digits; small sets are decoded once into memory, larger ones in loader workers."""
+quickstart's digits; small sets are decoded into memory once per machine, larger ones in loader workers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,8 @@ from PIL import Image
 from ..errors import DataError
 from .bundle import DataBundle
 from .contract import InputContract
-from .images import HFImages, TensorImages, channel_stats, decode_images
+from .decoded import decode_split
+from .images import HFImages, TensorImages, channel_stats
 
 # Up to this many bytes of decoded images are kept in memory; larger sets decode in loader workers.
 IN_MEMORY_BYTES = 4 * 2**30
@@ -119,13 +120,10 @@ def load_hf(data_cfg, contract: InputContract) -> DataBundle:
     if in_memory is None:
         in_memory = (len(train) + len(test)) * storage * storage * 3 <= IN_MEMORY_BYTES
     if in_memory:
-        raw = datasets.Image(decode=False)
-        train_images, train_ok = decode_images(train.cast_column(image_col, raw)[image_col],
-                                               contract.train_decoding, data_cfg.on_bad_image,
-                                               data_cfg.max_image_pixels)
-        test_images, test_ok = decode_images(test.cast_column(image_col, raw)[image_col],
-                                             contract.eval_decoding, data_cfg.on_bad_image,
-                                             data_cfg.max_image_pixels)
+        train_images, train_ok = decode_split(train, image_col, contract.train_decoding, data_cfg.on_bad_image,
+                                              data_cfg.max_image_pixels)
+        test_images, test_ok = decode_split(test, image_col, contract.eval_decoding, data_cfg.on_bad_image,
+                                            data_cfg.max_image_pixels)
         if contract.mean is None:
             contract = contract.with_stats(*channel_stats(train_images[train_ok]))
         train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)

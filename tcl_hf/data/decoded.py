@@ -1,0 +1,78 @@
+"""Decoded images shared by every process of a machine: the first process to load an on-disk split decodes it
+into ``.npy`` files beside the split's own datasets cache; the others (and later runs) map those files.
+
+Eight processes of one job then hold one copy of the decoded set in the page cache, not eight, and a second run
+on the same data skips decoding. Splits that live only in memory (the quickstart's digits) have no cache to sit
+beside and are decoded in each process, which costs little at their size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .contract import Decoding
+from .images import decode_images
+
+# Part of every file's key: a change to what decoding produces must not reuse older files.
+FORMAT_VERSION = 1
+
+
+def _cache_paths(split, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int
+                 ) -> tuple[Path, Path] | None:
+    """Where the decoded images and their ok mask of ``split`` live, or None for a split without a disk cache."""
+    files = getattr(split, "cache_files", None)
+    if not files:
+        return None
+    key = json.dumps([FORMAT_VERSION, split._fingerprint, column, list(decoding), on_bad_image, max_pixels])
+    stem = Path(files[0]["filename"]).parent / f"tcl_hf-decoded-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+    return stem.with_suffix(".images.npy"), stem.with_suffix(".ok.npy")
+
+
+def _mapped(images_path: Path, ok_path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The decoded files, mapped copy-on-write (shared until written, never written back), if complete."""
+    try:
+        images = np.load(images_path, mmap_mode="c", allow_pickle=False)
+        ok = np.load(ok_path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # absent, or cut short by a killed writer: decode again
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != count or ok.shape != (count,):
+        return None
+    return torch.from_numpy(images), torch.from_numpy(ok.astype(bool))
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    """Atomically: a reader sees the whole file or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def decode_split(split, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N, 3, crop, crop] images and ok mask [N] of ``split[column]`` — mapped from this machine's decoded
+    files when an earlier process wrote them, else decoded here and (for an on-disk split) written for the next."""
+    import datasets
+
+    paths = _cache_paths(split, column, decoding, on_bad_image, max_pixels)
+    if paths is not None and (found := _mapped(*paths, len(split))) is not None:
+        return found
+    images, ok = decode_images(split.cast_column(column, datasets.Image(decode=False))[column], decoding,
+                               on_bad_image, max_pixels)
+    if paths is None:
+        return images, ok
+    try:
+        # The mask first: the images file's presence is what says "complete".
+        _write(paths[1], ok.numpy())
+        _write(paths[0], images.numpy())
+    except OSError:
+        return images, ok  # a read-only cache: this process keeps its own copy
+    return _mapped(*paths, len(split)) or (images, ok)

@@ -1,0 +1,83 @@
+"""Decoded images are made once per machine: the first process writes them beside the split's datasets cache,
+every later process and run maps them instead of decoding again."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tcl_hf.data import decoded, images
+from tcl_hf.data.contract import Decoding
+
+DECODING = Decoding(resize=12, crop=12, interpolation="bilinear")
+
+
+@pytest.fixture
+def on_disk(tmp_path):
+    """A parquet split loaded through datasets, so it has cache files like any real dataset."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (10 + i, 14, 3), dtype=np.uint8)) for i in range(6)]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"img": pictures, "label": list(range(6))}, features=features).to_parquet(
+        str(tmp_path / "train.parquet"))
+
+    def load():
+        return datasets.load_dataset("parquet", data_files={"train": str(tmp_path / "train.parquet")},
+                                     cache_dir=str(tmp_path / "cache"))["train"]
+    return load
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    calls = []
+    real = images.decode_cell
+
+    def counting(cell, *args):
+        calls.append(1)
+        return real(cell, *args)
+    monkeypatch.setattr(images, "decode_cell", counting)
+    return calls
+
+
+def written(tmp_path):
+    return sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache").rglob("tcl_hf-decoded-*"))
+
+
+def test_the_second_process_maps_what_the_first_decoded(on_disk, decodes, tmp_path):
+    first_images, first_ok = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
+    assert len(decodes) == 6 and written(tmp_path) == ["images.npy", "ok.npy"]
+    again_images, again_ok = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
+    assert len(decodes) == 6  # nothing decoded the second time
+    assert torch.equal(again_images, first_images) and torch.equal(again_ok, first_ok)
+    assert again_images.shape == (6, 3, 12, 12) and again_images.dtype == torch.uint8
+    # The same pixels as decoding in memory, where no file is involved.
+    alone, _ = images.decode_images(on_disk().cast_column("img", __import__("datasets").Image(decode=False))["img"],
+                                    DECODING)
+    assert torch.equal(alone, first_images)
+
+
+def test_other_decoding_or_rows_decode_again(on_disk, decodes, tmp_path):
+    decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
+    decoded.decode_split(on_disk(), "img", DECODING._replace(crop=8, resize=8), "error", 10**6)
+    decoded.decode_split(on_disk().select(range(3)), "img", DECODING, "error", 10**6)
+    assert len(decodes) == 6 + 6 + 3 and len(written(tmp_path)) == 6
+
+
+def test_a_file_cut_short_by_a_killed_writer_is_decoded_again(on_disk, decodes, tmp_path):
+    expected = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)[0].clone()  # it maps the file
+    [images_file] = (tmp_path / "cache").rglob("tcl_hf-decoded-*.images.npy")
+    images_file.write_bytes(images_file.read_bytes()[:-100])
+    got, _ = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
+    assert len(decodes) == 12 and torch.equal(got, expected)
+
+
+def test_a_split_in_memory_only_is_decoded_without_files(decodes, tmp_path):
+    import datasets
+
+    split = datasets.Dataset.from_dict({"img": [Image.new("RGB", (12, 12), (9, 8, 7))] * 2},
+                                       features=datasets.Features({"img": datasets.Image()}))
+    got, ok = decoded.decode_split(split, "img", DECODING, "error", 10**6)
+    assert len(decodes) == 2 and ok.all() and got[:, 0].eq(9).all()
