@@ -284,9 +284,7 @@ def validate(cfg: Config) -> None:
 
 
 def _check_backbone(name: str) -> None:
-    import timm
-
-    from . import models  # noqa: F401  (registers the project's own architectures with timm)
+    import timm  # importing it registers the project's own architectures (tcl_hf/__init__.py)
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)

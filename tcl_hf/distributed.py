@@ -2,9 +2,14 @@
 "any process?" vote so every process takes the same branch."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class GatherWithGrad(torch.autograd.Function):
@@ -18,13 +23,13 @@ class GatherWithGrad(torch.autograd.Function):
     ``tcl.lambda_con = 1/W_ref`` reproduces."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor):
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
         return tuple(parts)
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack(grads)
         dist.all_reduce(stacked)
         return stacked[dist.get_rank()]
@@ -45,7 +50,7 @@ def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(GatherWithGrad.apply(padded), sizes)], dim=0)
 
 
-def any_process(flag: bool, accelerator) -> bool:
+def any_process(flag: bool, accelerator: Accelerator) -> bool:
     """True on every process when ``flag`` is true on any (a collective when there are several)."""
     if accelerator.num_processes == 1:
         return flag

@@ -32,7 +32,7 @@ class NoiseDetection:
             return torch.as_tensor(picked, device=self.given.device)
         return torch.arange(len(self.given), device=self.given.device)
 
-    def run(self, model, epoch: int | None = None) -> dict[str, float | None]:
+    def run(self, model: torch.nn.Module, epoch: int | None = None) -> dict[str, float | None]:
         """One EM step (spec section 2): confidences, prototypes and scales into the run state; returns the
         detection metrics. Unreadable images get confidence 0; rows outside an EM subset keep their values."""
         cfg, st, device = self.cfg, self.state, self.given.device
@@ -71,7 +71,7 @@ class NoiseDetection:
         self.on_device = (self.state.confidences.to(device), self.state.prototypes.to(device))
         self.knn_bank = None
 
-    def bank(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+    def bank(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The kNN bank; without an EM step since the last resume, made from the training set (no state changes)."""
         if self.knn_bank is None:
             feats = self.feed.extract_train(model, torch.arange(len(self.given), device=self.given.device))

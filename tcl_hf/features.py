@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .data.batches import shard
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
 
 
 @dataclass
@@ -37,7 +41,7 @@ def _outputs(model: torch.nn.Module, images: torch.Tensor, transform: Transform,
 
 @torch.inference_mode()
 def extract_on_device(model: torch.nn.Module, images: torch.Tensor, ok: torch.Tensor, index: torch.Tensor,
-                      transform: Transform, batch_size: int, widths: tuple[int, int], accelerator) -> Features:
+                      transform: Transform, batch_size: int, widths: tuple[int, int], accelerator: Accelerator) -> Features:
     """Rows ``index`` of device-resident ``images``: this process takes its contiguous shard of them, and one
     gather puts every process's rows back in order. ``widths`` is (projection dim, classes)."""
     model.eval()
@@ -63,8 +67,8 @@ def _gather_in_order(local: torch.Tensor, total: int, accelerator) -> torch.Tens
 
 
 @torch.inference_mode()
-def extract_with_loader(model: torch.nn.Module, loader, index: torch.Tensor, transform: Transform,
-                        accelerator) -> Features:
+def extract_with_loader(model: torch.nn.Module, loader: DataLoader, index: torch.Tensor, transform: Transform,
+                        accelerator: Accelerator) -> Features:
     """Rows ``index`` through a prepared loader over exactly those rows (items: image, row, ok)."""
     model.eval()
     device = accelerator.device

@@ -86,11 +86,11 @@ class Feed:
                                      self.widths, self.accelerator)
         return extract_with_loader(model, self._loader(dataset, rows), rows, self.test_view.test, self.accelerator)
 
-    def extract_train(self, model, rows: torch.Tensor) -> Features:
+    def extract_train(self, model: torch.nn.Module, rows: torch.Tensor) -> Features:
         """The EM step's view of the training rows ``rows`` (the test transform, no augmentation)."""
         return self._extract(model, "train", self.data.train, rows)
 
-    def extract_evals(self, model) -> dict[str, tuple[Features, torch.Tensor]]:
+    def extract_evals(self, model: torch.nn.Module) -> dict[str, tuple[Features, torch.Tensor]]:
         """Every held-out set, "test" first: (features, labels on the device)."""
         device = self.accelerator.device
         out = {}

@@ -8,7 +8,7 @@ cross-entropy on relabelled samples with a teacher's predictions mixed into the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import copy
 
@@ -17,6 +17,10 @@ import torch.nn.functional as F
 
 from . import detector
 from .objective import TCLWeights, ce_loss, mixup, soft_cross_entropy, tcl_loss
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .views import Views
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,7 +76,7 @@ class TCL(Method):
                                   tcl_cfg.lambda_ne)
         self.gather = gather
 
-    def step_terms(self, model, views, batch: StepInputs) -> dict[str, torch.Tensor]:
+    def step_terms(self, model: torch.nn.Module, views: Views, batch: StepInputs) -> dict[str, torch.Tensor]:
         x_w, x_q, x_k = views.three(batch.images)
         x_mix, perm, lam = mixup(torch.cat([x_w, x_q, x_k]), self.cfg.mixup_alpha)
         b = x_w.shape[0]
@@ -97,7 +101,7 @@ class CrossEntropy(Method):
         super().__init__(warmup_epochs)
         self.per_class_gmm, self.gmm_backend = tcl_cfg.per_class_gmm, tcl_cfg.gmm_backend
 
-    def step_terms(self, model, views, batch: StepInputs) -> dict[str, torch.Tensor]:
+    def step_terms(self, model: torch.nn.Module, views: Views, batch: StepInputs) -> dict[str, torch.Tensor]:
         _, logits = model(views.weak(batch.images), project=False)
         return ce_loss(logits, batch.labels)
 
@@ -128,7 +132,7 @@ class TCLPlus(CrossEntropy):
     def in_warmup(self, epoch: int) -> bool:
         return epoch <= self.plus.start_correction
 
-    def step_terms(self, model, views, batch: StepInputs) -> dict[str, torch.Tensor]:
+    def step_terms(self, model: torch.nn.Module, views: Views, batch: StepInputs) -> dict[str, torch.Tensor]:
         x = views.weak(batch.images)
         num_classes = self.teacher.num_classes
         target = F.one_hot(batch.labels, num_classes).float()
@@ -158,7 +162,7 @@ class TCLPlus(CrossEntropy):
         self.teacher.load_state_dict({k.removeprefix("teacher."): v for k, v in tensors.items()})
 
 
-def create_method(cfg, gather: Gather | None, model: torch.nn.Module | None = None,
+def create_method(cfg: Config, gather: Gather | None, model: torch.nn.Module | None = None,
                   relabelled: torch.Tensor | None = None) -> Method:
     """The method of ``cfg.method``; ``gather`` joins every process's projections for the contrastive loss; TCL+
     needs the network (its teacher starts as a copy) and the relabelled training labels."""

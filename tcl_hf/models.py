@@ -9,6 +9,8 @@ builds them like any other architecture and an export loads back with
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import timm
 import torch
 import torch.nn as nn
@@ -17,6 +19,9 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .errors import TCLError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 ARCHITECTURE = "tcl_classifier"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -42,7 +47,7 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_chs, out_chs, 1, stride, bias=False)
         self.identity_from_activation = identity_from_activation
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.relu(self.bn1(x))
         if self.shortcut is not None:
             shortcut = self.shortcut(a)
@@ -88,23 +93,23 @@ class PreActResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
         return F.relu(self.norm(x))
 
-    def forward_head(self, x, pre_logits: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
         if self.drop_rate:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
@@ -184,12 +189,12 @@ class TCLModel(nn.Module):
         self.classifier = classifier_head(dim, num_classes, dropout)
         self.num_classes = num_classes
 
-    def forward(self, x, project: bool = True):
+    def forward(self, x: torch.Tensor, project: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         h = self.encoder(x)
         return (F.normalize(self.projector(h), dim=1) if project else None), self.classifier(h)
 
 
-def build_tcl_model(model_cfg, num_classes: int, sync_bn: bool = False) -> TCLModel:
+def build_tcl_model(model_cfg: ModelConfig, num_classes: int, sync_bn: bool = False) -> TCLModel:
     """The run's TCLModel from ``model.*``; weights that cannot be loaded give one line saying what to do."""
     weights = model_cfg.pretrained_file
     pretrained = model_cfg.pretrained or weights is not None

@@ -6,11 +6,16 @@ the trainer can keep them beside the noisy ones for measuring detection.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .config import NoiseConfig
+    from .data.bundle import DataBundle
 
 # truck->automobile, bird->airplane, deer->horse, cat<->dog (the usual CIFAR-10 asymmetric map).
 CIFAR10_ASYM = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -105,7 +110,7 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
     raise DataError(f"noise.type: unknown {noise_type!r}")
 
 
-def training_labels(noise_cfg, data, seed: int, limit: int | None) -> tuple[torch.Tensor, np.ndarray | None]:
+def training_labels(noise_cfg: NoiseConfig, data: DataBundle, seed: int, limit: int | None) -> tuple[torch.Tensor, np.ndarray | None]:
     """(the labels the run trains on, the true labels when known) for a loaded ``DataBundle``.
 
     With synthetic noise the dataset's own labels are the clean ones; otherwise only a clean column tells.

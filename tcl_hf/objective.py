@@ -45,7 +45,8 @@ def blend(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (1 - t) * a + t * b
 
 
-def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator | None = None):
+def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One lambda ~ Beta(alpha, alpha) folded to >= 0.5 and one permutation for the whole batch.
 
     Returns (mixed x, permutation, lambda). Drawn from torch's RNG so a checkpoint's RNG state

@@ -11,22 +11,26 @@ import dataclasses
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
 from .errors import ConfigError
 
+# A field's validity check: the error text for a bad value, None for a good one.
+Check = Callable[[Any], Optional[str]]
 
-def option(default, check=None, help=""):
+
+def option(default: Any, check: Check | None = None, help: str = "") -> Any:
     """A config field with an optional validity check ``check(value) -> error text or None``."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"check": check, "help": help})
     return field(default=default, metadata={"check": check, "help": help})
 
 
-def in_range(lo=None, hi=None, lo_open=False, hi_open=False):
-    def check(v):
+def in_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+             hi_open: bool = False) -> Check:
+    def check(v: Any) -> str | None:
         if v is None:
             return None
         bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
@@ -39,11 +43,11 @@ def in_range(lo=None, hi=None, lo_open=False, hi_open=False):
     return check
 
 
-def positive(v):
+def positive(v: Any) -> str | None:
     return None if v is None or v > 0 else "must be > 0"
 
 
-def non_negative(v):
+def non_negative(v: Any) -> str | None:
     return None if v is None or v >= 0 else "must be >= 0"
 
 
@@ -56,7 +60,7 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
     return {_key_name(f): f for f in dataclasses.fields(cls)}
 
 
-def describe(tp) -> str:
+def describe(tp: Any) -> str:
     """A type hint as the user reads it: `int | null`, `tcl | ce`, `list of float`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -70,7 +74,7 @@ def describe(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def coerce(key: str, value: Any, tp) -> Any:
+def coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert a parsed YAML value to the field type, or raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -128,7 +132,7 @@ def coerce(key: str, value: Any, tp) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
-def build(cls, values: dict, prefix: str):
+def build(cls: type, values: dict, prefix: str) -> Any:
     """Instantiate dataclass ``cls`` from a nested dict, checking every key and value."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping of keys, got {values!r}")
@@ -200,7 +204,7 @@ def read_recipe(path: str | Path) -> dict:
     return tree
 
 
-def to_dict(cfg) -> dict:
+def to_dict(cfg: Any) -> dict:
     """Nested plain dict with the user-facing key names (``log.with``)."""
     out = {}
     for f in dataclasses.fields(cfg):

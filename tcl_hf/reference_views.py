@@ -5,13 +5,15 @@ that the batched views change nothing and for the reference-style benchmark.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset
 
 
-def reference_transforms(size: int, storage_size: int, padding: int, strong_scale_min: float, hflip: bool, mean,
-                         std) -> tuple[T.Compose, T.Compose]:
+def reference_transforms(size: int, storage_size: int, padding: int, strong_scale_min: float, hflip: bool,
+                         mean: Sequence[float], std: Sequence[float]) -> tuple[T.Compose, T.Compose]:
     """(weak, strong) as the reference composes them; a stored image larger than ``size`` gets a crop inside
     it instead of padding (ImageNet style, as the batched views)."""
     flip = [T.RandomHorizontalFlip()] if hflip else []

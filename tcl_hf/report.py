@@ -23,7 +23,7 @@ def _names_are_informative(class_names: list[str] | None) -> bool:
     return bool(class_names) and list(class_names) != [str(k) for k in range(len(class_names))]
 
 
-def label_issues(given, predicted, clean_prob, clean=None, class_names: list[str] | None = None) -> pd.DataFrame:
+def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarray, clean: np.ndarray | None = None, class_names: list[str] | None = None) -> pd.DataFrame:
     """One row per training sample, sorted by ``clean_prob`` ascending (ties by index).
 
     Columns: index (row of the training split), given_label, predicted_label, clean_prob, is_noisy
@@ -64,7 +64,7 @@ def load_label_issues(output_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def clean_prob_groups(clean_prob, given, clean=None, class_names: list[str] | None = None) -> dict[str, np.ndarray]:
+def clean_prob_groups(clean_prob: np.ndarray, given: np.ndarray, clean: np.ndarray | None = None, class_names: list[str] | None = None) -> dict[str, np.ndarray]:
     """Clean probabilities split by whether the given label is truly clean, or by given class when unknown."""
     clean_prob, given = np.asarray(clean_prob, dtype=np.float64), np.asarray(given)
     if clean is not None:
@@ -117,7 +117,7 @@ def _plot_curves(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def make_plots(output_dir: str | Path, clean_prob, given, clean=None,
+def make_plots(output_dir: str | Path, clean_prob: np.ndarray, given: np.ndarray, clean: np.ndarray | None = None,
                class_names: list[str] | None = None) -> list[Path]:
     """Write ``<output_dir>/plots/clean_prob.png`` and, when metrics.jsonl has epochs, ``curves.png``."""
     plots = Path(output_dir) / PLOTS_DIR

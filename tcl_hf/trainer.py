@@ -114,7 +114,7 @@ class Trainer:
     def _max_steps_reached(self) -> bool:
         return self.cfg.train.max_steps is not None and self.state.step >= self.cfg.train.max_steps
 
-    def train_epoch(self, epoch: int, progress=None) -> dict[str, float]:
+    def train_epoch(self, epoch: int, progress: tqdm | None = None) -> dict[str, float]:
         """One pass over the training set (or the rest of it after a mid-epoch resume); returns the epoch's
         mean loss terms and last lr. Raises ``StopRequested`` after saving a checkpoint on a stop signal."""
         cfg, acc, st = self.cfg, self.accelerator, self.state

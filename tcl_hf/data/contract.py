@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+if TYPE_CHECKING:
+    from ..config import DataConfig, ModelConfig
 
 # Images up to this size follow CIFAR (stored at the input size, pad-and-crop views); larger ones
 # follow ImageNet (stored with a margin, crops inside it, a centre crop at test time).
@@ -41,7 +44,7 @@ class InputContract:
         """Held-out images are decoded exactly as timm's evaluation transform would prepare them."""
         return Decoding(self.storage_size, self.size, self.interpolation)
 
-    def with_stats(self, mean, std) -> "InputContract":
+    def with_stats(self, mean: Sequence[float], std: Sequence[float]) -> "InputContract":
         return replace(self, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
 
     def timm_data_config(self, in_chans: int = 3) -> dict:
@@ -56,7 +59,7 @@ def storage_size_for(size: int, crop_pct: float) -> int:
     return math.floor(size / crop_pct)
 
 
-def resolve_input_contract(data_cfg, model_cfg) -> InputContract:
+def resolve_input_contract(data_cfg: DataConfig, model_cfg: ModelConfig) -> InputContract:
     """The run's contract from ``data.*`` (explicit keys win), the backbone's timm data config resolved
     by timm for the exact name given (its pretrained tag included) and the image scale rule.
 

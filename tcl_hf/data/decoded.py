@@ -11,12 +11,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .contract import Decoding
 from .images import decode_images
+
+if TYPE_CHECKING:
+    import datasets
 
 # Part of every file's key: a change to what decoding produces must not reuse older files.
 FORMAT_VERSION = 1
@@ -56,7 +60,7 @@ def _write(path: Path, array: np.ndarray) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def decode_split(split, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int
+def decode_split(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N, 3, crop, crop] images and ok mask [N] of ``split[column]`` — mapped from this machine's decoded
     files when an earlier process wrote them, else decoded here and (for an on-disk split) written for the next."""

@@ -3,6 +3,7 @@ quickstart's digits; small sets are decoded into memory once per machine, larger
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -12,6 +13,11 @@ from .bundle import DataBundle
 from .contract import InputContract
 from .decoded import decode_split
 from .images import HFImages, TensorImages, channel_stats
+
+if TYPE_CHECKING:
+    import datasets
+
+    from ..config import DataConfig
 
 # Up to this many bytes of decoded images are kept in memory; larger sets decode in loader workers.
 IN_MEMORY_BYTES = 4 * 2**30
@@ -69,7 +75,7 @@ def _class_names(features, column: str, num_classes: int) -> list[str]:
         return list(feature.names)
     return [str(k) for k in range(num_classes)]
 
-def digits_dataset_dict(seed: int = 0):
+def digits_dataset_dict(seed: int = 0) -> datasets.DatasetDict:
     """scikit-learn's 1,797 handwritten 8x8 digits as a datasets DatasetDict (stratified 80/20 split)."""
     import datasets
     from sklearn.datasets import load_digits
@@ -82,7 +88,7 @@ def digits_dataset_dict(seed: int = 0):
                                      "label": digits.target.tolist()}, features=features)
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
-def load_hf(data_cfg, contract: InputContract) -> DataBundle:
+def load_hf(data_cfg: DataConfig, contract: InputContract) -> DataBundle:
     import datasets
 
     if data_cfg.format == "digits":

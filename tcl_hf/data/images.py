@@ -12,6 +12,8 @@ reference pipelines that read web crawls.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import io
 import os
 import stat
@@ -156,7 +158,7 @@ def _open(cell, max_pixels: int) -> Image.Image:
         raise ValueError(f"{width}x{height} pixels, over data.max_image_pixels={max_pixels}")
     return image
 
-def decode_cell(cell, decoding: Decoding, on_bad_image: str = "error",
+def decode_cell(cell: dict | str, decoding: Decoding, on_bad_image: str = "error",
                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, bool]:
     """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one (missing, not
     a regular file, over `max_pixels`, undecodable) is zeros with ok=False, or a DataError naming
@@ -171,7 +173,7 @@ def decode_cell(cell, decoding: Decoding, on_bad_image: str = "error",
                             f"set data.on_bad_image=skip to leave such files out") from None
         return np.zeros((decoding.crop, decoding.crop, 3), dtype=np.uint8), False
 
-def decode_images(cells, decoding: Decoding, on_bad_image: str = "error",
+def decode_images(cells: Sequence[dict | str], decoding: Decoding, on_bad_image: str = "error",
                   max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a column of undecoded image cells into uint8 [N, 3, crop, crop] and an ok mask [N]."""
     out = np.empty((len(cells), decoding.crop, decoding.crop, 3), dtype=np.uint8)

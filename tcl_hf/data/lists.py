@@ -6,6 +6,8 @@ stops the run naming the file and line.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ class ImageList:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, indices) -> "ImageList":
+    def subset(self, indices: Sequence[int]) -> "ImageList":
         """The samples at `indices`, in that order (same class names)."""
         indices = np.asarray(indices, dtype=np.int64)
         return ImageList([self.paths[i] for i in indices], self.labels[indices], self.class_names)

@@ -1,6 +1,8 @@
 """``load_data``: the splits named by ``data.*``, decoded as the input contract says, as a ``DataBundle``."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import DataError
@@ -12,7 +14,10 @@ from .images import FileImages
 from .sampler import BalancedSubsetSampler
 from .webvision import read_webvision
 
-def load_data(data_cfg, contract: InputContract, seed: int = 0) -> DataBundle:
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+def load_data(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> DataBundle:
     """Read the splits named by the config, decoded as ``contract`` says; a contract without mean/std
     gets the data's own statistics (in-memory sets) or the dataset's published ones."""
     if data_cfg.format in ("webvision", "clothing1m"):
