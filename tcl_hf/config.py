@@ -194,10 +194,27 @@ class HubConfig:
 
 
 @dataclass
+class InitConfig:
+    from_: Optional[str] = option(None, help="method=tcl_plus: the folder of a finished TCL run to start from")
+
+
+@dataclass
+class PlusConfig:
+    threshold: float = option(0.5, in_range(0.0, 1.0, hi_open=True), "relabel a sample to its cluster when its "
+                              "largest TCL assignment exceeds this")
+    ema: float = option(0.0, in_range(0.0, 1.0, hi_open=True), "teacher = ema * teacher + (1 - ema) * network "
+                        "after each step; 0 = the current network (the reference's default)")
+    teacher_weight: float = option(0.2, in_range(0.0, 1.0), "weight of the teacher's prediction in the target")
+    start_correction: int = option(30, non_negative, "the teacher enters the target after this many epochs")
+    constant_lr: bool = option(True, help="the reference keeps the lr constant in this stage; false = the schedule")
+
+
+@dataclass
 class Config:
     output_dir: str = option("runs/tcl")
     seed: int = option(0, _seed, "0..2**32-1")
-    method: Literal["tcl", "ce"] = option("tcl")
+    method: Literal["tcl", "ce", "tcl_plus"] = option("tcl", help="TCL, the cross-entropy baseline, or TCL+ (the "
+                                                            "reference's relabel-and-refine stage after a TCL run)")
     overwrite: bool = option(False, help="replace the outputs of an earlier run in output_dir")
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -209,6 +226,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    plus: PlusConfig = field(default_factory=PlusConfig)
 
 
 def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -247,6 +266,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.pretrained_file: {cfg.model.pretrained_file!r} does not exist")
     if cfg.noise.type in ("sym", "asym") and cfg.noise.rate == 0.0:
         raise ConfigError(f"noise.rate: must be > 0 when noise.type={cfg.noise.type} (or use noise.type=none)")
+    if (cfg.method == "tcl_plus") != (cfg.init.from_ is not None):
+        raise ConfigError("init.from: method=tcl_plus starts from a finished TCL run (init.from=RUN_DIR), and only "
+                          "it takes one")
+    if cfg.init.from_ is not None and not Path(cfg.init.from_).is_dir():
+        raise ConfigError(f"init.from: {cfg.init.from_!r} is not a folder (the output_dir of a finished TCL run)")
     if cfg.data.on_device and cfg.data.in_memory is False:
         raise ConfigError("data.on_device: true needs the images decoded in memory; drop data.in_memory=false")
     if cfg.data.on_device and cfg.aug.pipeline == "pil":

@@ -59,8 +59,10 @@ class NoiseDetection:
         self.knn_bank = (feats.z[good], self.given[rows][good])
         keep = usable.cpu().numpy()
         clean = self.clean[keep] if self.clean is not None else None
+        # Scored labels: the model's predictions, or a method's own corrected labels (TCL+'s relabelling).
+        scored = self.method.report_labels if self.method.report_labels is not None else self.probs.argmax(dim=1)
         self.metrics = detection_metrics(st.confidences.numpy()[keep], self.given.cpu().numpy()[keep], clean,
-                                         self.probs.argmax(dim=1).cpu().numpy()[keep])
+                                         scored.cpu().numpy()[keep])
         return self.metrics
 
     def restore(self) -> None:

@@ -1,18 +1,22 @@
-"""The two training methods as objects the trainer picks once: what a step's loss is, and how the EM step
-turns extracted features into per-sample clean confidences.
+"""The training methods as objects the trainer picks once: what a step's loss is, how the EM step turns extracted
+features into per-sample clean confidences, and what else a method keeps.
 
-``TCL`` is spec sections 2-3; ``CrossEntropy`` is the baseline (the weak view, the given labels, and the
-same GMM on -p(given label) as its noise detector).
+``TCL`` is spec sections 2-3; ``CrossEntropy`` is the baseline (the weak view, the given labels, and the same GMM
+on -p(given label) as its noise detector); ``TCLPlus`` is the reference's second stage (spec section 7): mixup
+cross-entropy on relabelled samples with a teacher's predictions mixed into the target after a while.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+import copy
+
 import torch
+import torch.nn.functional as F
 
 from . import detector
-from .objective import TCLWeights, ce_loss, mixup, tcl_loss
+from .objective import TCLWeights, ce_loss, mixup, soft_cross_entropy, tcl_loss
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,11 +39,34 @@ class StepInputs:
     warmup: bool
 
 
-class TCL:
-    name = "tcl"
-    uses_projector = True
+class Method:
+    """What every method shares: no extra state, the given labels are what the report calls predicted, warm-up as
+    the optimizer's warm-up epochs."""
 
-    def __init__(self, tcl_cfg, gather: Gather | None):
+    report_labels: torch.Tensor | None = None  # labels the detection metrics score (None: the model's predictions)
+
+    def __init__(self, warmup_epochs: int):
+        self.warmup_epochs = warmup_epochs
+
+    def in_warmup(self, epoch: int) -> bool:
+        return epoch < self.warmup_epochs
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        """Called after each optimizer step."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold besides the model to resume exactly."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The inverse of ``state_tensors``."""
+
+
+class TCL(Method):
+    name = "tcl"
+
+    def __init__(self, tcl_cfg, warmup_epochs: int, gather: Gather | None):
+        super().__init__(warmup_epochs)
         self.cfg = tcl_cfg
         self.weights = TCLWeights(tcl_cfg.lambda_con, tcl_cfg.lambda_cls, tcl_cfg.lambda_align, tcl_cfg.lambda_ent,
                                   tcl_cfg.lambda_ne)
@@ -63,21 +90,80 @@ class TCL:
         return Detection(em.confidences, em.prototypes, em.assignments)
 
 
-class CrossEntropy:
+class CrossEntropy(Method):
     name = "ce"
-    uses_projector = False
 
-    def __init__(self, tcl_cfg):
+    def __init__(self, tcl_cfg, warmup_epochs: int):
+        super().__init__(warmup_epochs)
         self.per_class_gmm = tcl_cfg.per_class_gmm
 
     def step_terms(self, model, views, batch: StepInputs) -> dict[str, torch.Tensor]:
-        _, logits = model(views.weak(batch.images))
+        _, logits = model(views.weak(batch.images), project=False)
         return ce_loss(logits, batch.labels)
 
     def detect(self, z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> Detection:
         return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm))
 
 
-def create_method(cfg, gather: Gather | None) -> TCL | CrossEntropy:
-    """The method of ``cfg.method``; ``gather`` joins every process's projections for the contrastive loss."""
-    return TCL(cfg.tcl, gather) if cfg.method == "tcl" else CrossEntropy(cfg.tcl)
+class TCLPlus(CrossEntropy):
+    """Spec section 7: the weak view mixed up, trained towards the relabelled label, and after
+    ``plus.start_correction`` epochs towards (1 - w) label + w teacher argmax; the teacher is an EMA copy of the
+    network (``plus.ema`` 0: its current weights) that sees the un-mixed view with dropout off."""
+
+    name = "tcl_plus"
+
+    def __init__(self, cfg, model: torch.nn.Module, relabelled: torch.Tensor):
+        super().__init__(cfg.tcl, 0)
+        self.plus, self.alpha, self.report_labels = cfg.plus, cfg.tcl.mixup_alpha, relabelled
+        self.teacher = copy.deepcopy(model).requires_grad_(False)
+        self._teach_mode()
+
+    def _teach_mode(self) -> None:
+        # As the reference: batch statistics (train mode) but no dropout.
+        self.teacher.train()
+        for m in self.teacher.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+
+    def in_warmup(self, epoch: int) -> bool:
+        return epoch <= self.plus.start_correction
+
+    def step_terms(self, model, views, batch: StepInputs) -> dict[str, torch.Tensor]:
+        x = views.weak(batch.images)
+        num_classes = self.teacher.num_classes
+        target = F.one_hot(batch.labels, num_classes).float()
+        if not batch.warmup:
+            with torch.no_grad():
+                taught = F.one_hot(self.teacher(x, project=False)[1].argmax(dim=1), num_classes).float()
+            target = (1 - self.plus.teacher_weight) * target + self.plus.teacher_weight * taught
+        x_mix, perm, lam = mixup(x, self.alpha)
+        _, logits = model(x_mix, project=False)
+        loss = soft_cross_entropy(logits, lam * target + (1 - lam) * target[perm])
+        return {"loss": loss, "loss_cls": loss}
+
+    @torch.no_grad()
+    def after_step(self, model: torch.nn.Module) -> None:
+        # Parameters only, as the reference's momentum update: the teacher's BN statistics stay its own.
+        student = [p.detach() for p in model.parameters()]
+        teacher = list(self.teacher.parameters())
+        if self.plus.ema == 0:
+            torch._foreach_copy_(teacher, student)
+        else:
+            torch._foreach_lerp_(teacher, student, 1 - self.plus.ema)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"teacher.{k}": v.detach().contiguous() for k, v in self.teacher.state_dict().items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.teacher.load_state_dict({k.removeprefix("teacher."): v for k, v in tensors.items()})
+
+
+def create_method(cfg, gather: Gather | None, model: torch.nn.Module | None = None,
+                  relabelled: torch.Tensor | None = None) -> Method:
+    """The method of ``cfg.method``; ``gather`` joins every process's projections for the contrastive loss; TCL+
+    needs the network (its teacher starts as a copy) and the relabelled training labels."""
+    if cfg.method == "tcl":
+        return TCL(cfg.tcl, cfg.optim.warmup_epochs, gather)
+    if cfg.method == "ce":
+        return CrossEntropy(cfg.tcl, cfg.optim.warmup_epochs)
+    return TCLPlus(cfg, model, relabelled)

@@ -170,7 +170,8 @@ def classifier_head(in_dim: int, num_classes: int, dropout: float) -> nn.Sequent
 class TCLModel(nn.Module):
     """Encoder f (any timm backbone, pooled features), projector g and classifier c.
 
-    ``forward`` returns the normalized projection z and the class logits for a batch of images.
+    ``forward`` returns the normalized projection z and the class logits for a batch of images (z is None with
+    ``project=False``: TCL+ trains encoder and classifier only).
     """
 
     def __init__(self, backbone: str, num_classes: int, proj_dim: int = 256, dropout: float = 0.25,
@@ -183,9 +184,9 @@ class TCLModel(nn.Module):
         self.classifier = classifier_head(dim, num_classes, dropout)
         self.num_classes = num_classes
 
-    def forward(self, x):
+    def forward(self, x, project: bool = True):
         h = self.encoder(x)
-        return F.normalize(self.projector(h), dim=1), self.classifier(h)
+        return (F.normalize(self.projector(h), dim=1) if project else None), self.classifier(h)
 
 
 def build_tcl_model(model_cfg, num_classes: int, sync_bn: bool = False) -> TCLModel:

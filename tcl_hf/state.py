@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 RUN_STATE_TENSORS, RUN_STATE_JSON = "run_state.safetensors", "run_state.json"
+METHOD_STATE = "method_state.safetensors"  # what a method keeps besides the model (TCL+'s teacher)
 
 
 class RunState:
@@ -42,14 +43,17 @@ class RunState:
         self.batches_done, self.loss_sums = 0, {}
         return keys, means
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, method_tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Tensors as safetensors, the rest as JSON: a checkpoint's own state never needs unpickling."""
         safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in self.TENSORS},
                                     str(folder / RUN_STATE_TENSORS))
         scalars = {k: v for k, v in vars(self).items() if k not in self.TENSORS}
         (folder / RUN_STATE_JSON).write_text(json.dumps(scalars, indent=1) + "\n")
+        if method_tensors:
+            safetensors.torch.save_file({k: v.cpu() for k, v in method_tensors.items()}, str(folder / METHOD_STATE))
 
-    def load(self, folder: Path) -> None:
+    def load(self, folder: Path) -> dict[str, torch.Tensor]:
+        """Restore from ``folder``; returns the method's tensors (empty when it keeps none)."""
         tensors = safetensors.torch.load_file(str(folder / RUN_STATE_TENSORS))
         scalars = json.loads((folder / RUN_STATE_JSON).read_text())
         expected = {k: tuple(getattr(self, k).shape) for k in self.TENSORS}
@@ -58,6 +62,8 @@ class RunState:
             raise ValueError(f"run state does not match this run (tensors {found}, expected {expected})")
         for key, value in {**scalars, **tensors}.items():
             setattr(self, key, value)
+        method = folder / METHOD_STATE
+        return safetensors.torch.load_file(str(method)) if method.is_file() else {}
 
 
 class LossMeter:

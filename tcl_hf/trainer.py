@@ -30,6 +30,7 @@ from .methods import StepInputs, create_method
 from .models import build_tcl_model
 from .noise import training_labels
 from .optim import build_optimizer, lr_at, scaled_lr
+from .plus import start_from_tcl_run
 from .result import RunResult
 from .state import LossMeter, RunState
 from .stop import StopSignals
@@ -50,8 +51,8 @@ class Trainer:
             dynamo_backend="inductor" if compile_model else "no",
             # Seeded shuffling, so a resumed epoch sees the same order as an uninterrupted one.
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-            # CE skips the projector, so DDP must tolerate its unused weights.
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method == "ce")])
+            # Only TCL trains the projector, so DDP must tolerate its unused weights otherwise.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method != "tcl")])
         # One run per folder: take the lock, then refuse a clash with another run before spending time
         # on data or models (nothing is removed before the new run is ready to train).
         self._lock = rundir.lock_run_folder(self.output_dir, acc.is_main_process, lambda f: any_process(f, acc))
@@ -72,6 +73,10 @@ class Trainer:
         given, self.clean_labels = training_labels(cfg.noise, self.data, cfg.seed, cfg.data.limit)
         model = build_tcl_model(cfg.model, self.num_classes, sync_bn=cfg.train.sync_bn and acc.num_processes > 1
                                 and acc.device.type == "cuda")
+        start = start_from_tcl_run(cfg.init.from_, to_dict(cfg), model, given, cfg.plus.threshold) if (
+            cfg.method == "tcl_plus") else None
+        if start is not None:
+            acc.print(f"TCL+: the TCL run's clusters relabel {start.changed} of {len(given)} training labels")
         if acc.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay,
@@ -80,9 +85,14 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         # Device-resident batches are all full, so the contrastive gather needs no sizes (and no host sync).
         gather = gather_equal if self.feed.on_device else gather_with_grad
-        self.method = create_method(cfg, gather if acc.num_processes > 1 else None)
         self.given_labels = given.to(acc.device)
+        # What the steps train towards: the given labels, or TCL+'s relabelled ones.
+        self.train_labels = start.relabelled.to(acc.device) if start is not None else self.given_labels
+        self.method = create_method(cfg, gather if acc.num_processes > 1 else None, acc.unwrap_model(self.model),
+                                    self.train_labels)
         self.state = RunState(len(self.data.train), self.num_classes, cfg.model.proj_dim)
+        if start is not None:
+            self.state.prototypes = start.prototypes
         self.peak_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum_steps,
                                  cfg.optim.scale_lr)
         self.steps_per_epoch = max(self.feed.train.steps(1) // cfg.train.grad_accum_steps, 1)
@@ -92,9 +102,11 @@ class Trainer:
 
     # ---- training -----------------------------------------------------------------------------
     def _set_lr(self) -> float:
-        o = self.cfg.optim
+        o, cfg = self.cfg.optim, self.cfg
         epoch = (self.state.step + 1) / self.steps_per_epoch
-        lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, self.cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
+        lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
+        if cfg.method == "tcl_plus" and cfg.plus.constant_lr:
+            lr = self.peak_lr  # the reference's second stage keeps its lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -107,18 +119,20 @@ class Trainer:
         mean loss terms and last lr. Raises ``StopRequested`` after saving a checkpoint on a stop signal."""
         cfg, acc, st = self.cfg, self.accelerator, self.state
         self.model.train()
-        warmup = epoch < cfg.optim.warmup_epochs
+        warmup = self.method.in_warmup(epoch)
         meter, lr, start = LossMeter(), self._set_lr(), time.perf_counter()
         for images, index in self.feed.train.epoch(epoch, st.batches_done):
             with acc.accumulate(self.model):
                 lr = self._set_lr()
                 confidences, prototypes = self.em.on_device
-                batch = StepInputs(images, self.given_labels[index], confidences[index], prototypes, st.scale1,
+                batch = StepInputs(images, self.train_labels[index], confidences[index], prototypes, st.scale1,
                                    st.scale2, warmup)
                 terms = self.method.step_terms(self.model, self.feed.views, batch)
                 acc.backward(terms["loss"])
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if acc.sync_gradients:
+                    self.method.after_step(self.model)
             meter.add(terms, st.step + 1)
             st.batches_done += 1
             st.samples += index.shape[0] * acc.num_processes
@@ -190,7 +204,7 @@ class Trainer:
         def write(folder: Path) -> None:
             acc.save_state(str(folder))
             if acc.is_main_process:
-                self.state.save(folder)
+                self.state.save(folder, self.method.state_tensors())
 
         return rundir.write_checkpoint(self.output_dir, self.state.step, write, self.cfg.train.checkpoints_to_keep,
                                        acc.is_main_process, acc.wait_for_everyone)
@@ -201,7 +215,7 @@ class Trainer:
 
         def load(folder: Path) -> None:
             acc.load_state(str(folder))
-            self.state.load(folder)
+            self.method.load_state_tensors(self.state.load(folder))
 
         found, skipped = rundir.load_newest_checkpoint(self.output_dir, load, lambda f: any_process(f, acc))
         for note in skipped:

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tcl_hf.config import load_config
 
@@ -17,6 +18,8 @@ def _paths_that_exist(recipe: Path, tmp_path: Path) -> list[str]:
     overrides = []
     if "root:" in text:
         overrides.append(f"data.root={tmp_path}")
+    if "method: tcl_plus" in text:
+        overrides.append(f"init.from={tmp_path}")
     if "type: cifarn" in text:
         stand_in = tmp_path / "labels.pt"
         stand_in.write_bytes(b"")
@@ -34,11 +37,15 @@ def test_recipe_validates(recipe, tmp_path):
     assert cfg.output_dir == f"runs/{recipe.stem}"
 
 
-@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.stem != "quickstart"], ids=lambda p: p.stem)
+TCL_RECIPES = [p for p in RECIPES if p.stem != "quickstart" and not p.stem.endswith("_plus")]
+PLUS_RECIPES = [p for p in RECIPES if p.stem.endswith("_plus")]
+
+
+@pytest.mark.parametrize("recipe", TCL_RECIPES + PLUS_RECIPES, ids=lambda p: p.stem)
 def test_paper_recipes_pin_the_reference_objective_and_precision(recipe, tmp_path):
     cfg = load_config(recipe, _paths_that_exist(recipe, tmp_path))
     # The reference's 1/W contrastive gradient on its W = 4 GPUs, with our exact gather (spec section 3).
-    assert cfg.tcl.lambda_con == 0.25
+    assert cfg.tcl.lambda_con == (1.0 if cfg.method == "tcl_plus" else 0.25)
     # fp32 as the reference, whatever an accelerate config file says; the command line can still choose bf16.
     assert cfg.train.mixed_precision == "no"
     assert load_config(recipe, [*_paths_that_exist(recipe, tmp_path),
@@ -50,7 +57,25 @@ def test_quickstart_leaves_precision_to_the_launcher():
     assert cfg.train.mixed_precision is None and cfg.tcl.lambda_con == 1.0
 
 
-@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.stem.startswith("cifar")], ids=lambda p: p.stem)
+def test_every_paper_cifar_setting_has_a_tcl_plus_recipe():
+    assert {p.stem.removesuffix("_plus") for p in PLUS_RECIPES} == {
+        p.stem for p in TCL_RECIPES if p.stem.startswith("cifar") and "n_" not in p.stem and not p.stem.endswith("n")}
+
+
+@pytest.mark.parametrize("recipe", PLUS_RECIPES, ids=lambda p: p.stem)
+def test_tcl_plus_recipes_start_from_their_tcl_run_with_its_data(recipe, tmp_path):
+    plus = load_config(recipe, _paths_that_exist(recipe, tmp_path))
+    base = load_config(recipe.with_name(recipe.stem.removesuffix("_plus") + ".yaml"))
+    # init.from is pointed at a stand-in to validate; the recipe's own value must be the TCL run's folder.
+    assert plus.method == "tcl_plus" and yaml.safe_load(recipe.read_text())["init"]["from"] == base.output_dir
+    # The assignments TCL+ relabels with belong to the TCL run's rows, labels and network.
+    assert (plus.data, plus.noise, plus.model, plus.seed) == (base.data, base.noise, base.model, base.seed)
+    assert (plus.plus.threshold, plus.plus.ema, plus.plus.teacher_weight, plus.plus.start_correction) == (
+        0.5, 0.0, 0.2, 30)
+    assert plus.plus.constant_lr and plus.tcl.per_class_gmm == base.tcl.per_class_gmm
+
+
+@pytest.mark.parametrize("recipe", [p for p in TCL_RECIPES if p.stem.startswith("cifar")], ids=lambda p: p.stem)
 def test_cifar_recipes_carry_reference_hyperparameters(recipe, tmp_path):
     cfg = load_config(recipe, _paths_that_exist(recipe, tmp_path))
     assert cfg.model.backbone == "preact_resnet18_cifar" and cfg.model.proj_dim == 256
