@@ -32,6 +32,14 @@ REPAIR_TAG = "tcl-hf-repaired"
 LOCAL_LOAD_REF = "path/to/this/folder"
 
 
+# What the card says the run trained, by the run's `method`.
+METHOD_TEXT = {
+    "tcl": "Twin Contrastive Learning (TCL, Huang et al., CVPR 2023)",
+    "tcl_plus": "TCL+ (the TCL reference code's second stage, started from a finished TCL run)",
+    "ce": "plain cross-entropy (the baseline of the tcl_hf project)",
+}
+
+
 @dataclass
 class Repaired:
     folder: Path
@@ -123,8 +131,7 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
         card_data, template_path=str(TEMPLATE), dataset_name=name, source_text=_source_text(data, hub_id, revision,
                                                                                             name),
         noise_text=_noise_text(config.get("noise", {})),
-        method_text=("Twin Contrastive Learning (TCL, Huang et al., CVPR 2023)" if method == "tcl"
-                     else "plain cross-entropy (the baseline of the tcl_hf project)"),
+        method_text=METHOD_TEXT[method],
         backbone=config["model"]["backbone"], epochs=summary.get("epochs_completed", "n/a"),
         threshold=CLEAN_THRESHOLD, given_column=split.given_column, drop_below=drop_below, **found.counts,
         columns_text=_columns_text(split, config), detection_measured=truth is not None,

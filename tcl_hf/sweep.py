@@ -5,14 +5,16 @@ the mean ± std over seeds beside TCL's published test accuracy.
     accelerate launch [its flags] -m tcl_hf.sweep RECIPE...      # every process takes part in every run
 
 Run ``s`` of ``recipes/x.yaml`` lives in ``DIR/x/seed<s>``. The sweep can be stopped and started again at any
-point: a run whose folder holds a ``summary.json`` is finished and skipped, one whose folder holds a
-``config.yaml`` or checkpoints but no summary is resumed (``train.resume=true``), any other starts afresh.
-``DIR/sweep.md`` and ``DIR/sweep.csv`` are written (main process) after every sweep, also one stopped by an error.
+point: a run whose folder holds its ``summary.json`` and ``label_issues.csv`` is finished and skipped, one whose
+folder holds a ``config.yaml`` or checkpoints otherwise is resumed (``train.resume=true``), any other starts
+afresh. ``DIR/sweep.md`` and ``DIR/sweep.csv`` are written (main process) after every sweep, also one stopped by
+an error; they count only finished runs made with the sweep's own settings.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import statistics
 import sys
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StopRequested, TCLError
-from .rundir import CONFIG_FILE, SUMMARY_FILE
+from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, SUMMARY_FILE, atomic_write_text
 
 # TCL's published test accuracy (%) by recipe stem: spec section 8 (the paper's Table 2 for CIFAR; WebVision:
 # top-1 on the WebVision val set of mini-WebVision, as our test_acc; Clothing1M: its clean test set).
@@ -75,29 +77,40 @@ def plan(recipes: list[Path], seeds: list[int], out: Path, overrides: list[str])
         for seed in seeds:
             folder = run_folder(out, recipe, seed)
             run = PlannedRun(recipe, seed, folder, [*overrides, f"seed={seed}", f"output_dir={folder}"])
-            load_config(recipe, run.overrides)  # a bad key stops the sweep now, not hours later
+            cfg = load_config(recipe, run.overrides)  # a bad key stops the sweep now, not hours later
+            if cfg.hub.repo_id:
+                # Every run would push to one repo, and a failed push on the main process alone would leave the
+                # other processes waiting in the next run.
+                raise TCLError(f"{recipe}: hub.repo_id={cfg.hub.repo_id!r}: the sweep does not push; push a "
+                               f"run afterwards with python -m tcl_hf.export RUN_DIR --push REPO_ID")
             runs.append(run)
     return runs
 
 
 def run_state(folder: Path) -> str:
-    """finished (summary.json), half-finished (config.yaml or checkpoints, no summary) or fresh."""
+    """finished, half-finished (config.yaml or checkpoints) or fresh. The label report is written after the
+    summary: a run stopped between the two is resumed, which publishes it."""
     from .rundir import checkpoint_dirs
 
-    if (folder / SUMMARY_FILE).is_file():
+    if (folder / SUMMARY_FILE).is_file() and (folder / LABEL_ISSUES_FILE).is_file():
         return FINISHED
     if (folder / CONFIG_FILE).is_file() or checkpoint_dirs(folder):
         return HALF_FINISHED
     return FRESH
 
 
-def _check_finished(run: PlannedRun) -> None:
-    """A finished run is only skipped when it is the run asked for: a table must not mix other settings in."""
+def _differences(run: PlannedRun) -> list[str]:
+    """The keys in which the run saved in ``run.folder`` differs from the planned one."""
     from .config import load_config, to_dict
     from .rundir import read_saved_config, run_differences
 
     saved = read_saved_config(run.folder, "output_dir")
-    differ = run_differences(saved, to_dict(load_config(run.recipe, run.overrides)))
+    return run_differences(saved, to_dict(load_config(run.recipe, run.overrides)))
+
+
+def _check_finished(run: PlannedRun) -> None:
+    """A finished run is only skipped when it is the run asked for: a table must not mix other settings in."""
+    differ = _differences(run)
     if differ:
         raise TCLError(f"{run.folder} holds a finished run with other settings ({', '.join(differ[:4])}); "
                        f"choose another --out or move that folder aside")
@@ -105,20 +118,26 @@ def _check_finished(run: PlannedRun) -> None:
 
 # ---- running -----------------------------------------------------------------------------------------------------
 def _fresh_accelerate_state() -> None:
-    """Each run builds its own Accelerator, but accelerate keeps one state per process: it refuses a later run's
-    other mixed precision, and a finished run's end_training has destroyed the process group. Forgetting that
-    state lets the next run start as in a new process (under accelerate launch it joins the same processes)."""
+    """Each run builds its own Accelerator, but accelerate keeps one state per process and refuses a later run's
+    other mixed precision. Forgetting that state lets the next run start as in a new process; the process group,
+    kept by every run (run_job's keep_process_group), is taken over by the next one."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
 
 
+def _end_process_group() -> None:
+    """What a single run's end_training does, once after the sweep's last run."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no run started, no group to end
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_all(runs: list[PlannedRun], say=print) -> None:
     """Run every planned run not yet finished. Every process takes the same decisions: they depend only on files
     that no run writes before all processes are inside its trainer (whose first step is a collective)."""
     from .config import load_config
-    from .job import run_job
 
     for number, run in enumerate(runs, start=1):
         state = run_state(run.folder)
@@ -127,9 +146,11 @@ def run_all(runs: list[PlannedRun], say=print) -> None:
             _check_finished(run)
             continue
         extra = ["train.resume=true"] if state == HALF_FINISHED else []
+        from .job import run_job  # only when something trains: a finished sweep only tabulates
+
         _fresh_accelerate_state()
         try:
-            run_job(load_config(run.recipe, run.overrides + extra))
+            run_job(load_config(run.recipe, run.overrides + extra), keep_process_group=True)
         except TCLError as exc:
             from .cli import one_line
 
@@ -144,13 +165,25 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def aggregate(out: Path, recipes: list[Path], seeds: list[int]) -> list[dict]:
-    """One row per recipe from the summaries of its finished runs (accuracies as fractions, as summary.json)."""
+def _finished_summary(run: PlannedRun) -> dict | None:
+    """The summary of a finished run made with the planned settings, else None."""
+    try:
+        if run_state(run.folder) != FINISHED or _differences(run):
+            return None
+        summary = json.loads((run.folder / SUMMARY_FILE).read_text())
+    except (TCLError, ValueError, OSError):
+        return None  # not countable; the sweep names the problem when it reaches that run
+    return summary if isinstance(summary, dict) else None
+
+
+def aggregate(runs: list[PlannedRun]) -> list[dict]:
+    """One row per recipe (in order) from its finished runs' summaries (accuracies as fractions, as summary.json)."""
+    recipes = list(dict.fromkeys(run.recipe for run in runs))
     rows = []
     for recipe in recipes:
-        summaries = [json.loads(path.read_text()) for seed in seeds
-                     if (path := run_folder(out, recipe, seed) / SUMMARY_FILE).is_file()]
-        row = {"recipe": recipe.stem, "seeds_done": len(summaries), "seeds": len(seeds)}
+        planned = [run for run in runs if run.recipe == recipe]
+        summaries = [s for run in planned if (s := _finished_summary(run)) is not None]
+        row = {"recipe": recipe.stem, "seeds_done": len(summaries), "seeds": len(planned)}
         for key in METRICS:
             values = [float(s[key]) for s in summaries if isinstance(s.get(key), (int, float))]
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
@@ -184,11 +217,13 @@ def markdown(rows: list[dict]) -> str:
 def write_tables(out: Path, rows: list[dict]) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     md, table = out / SWEEP_MD, out / SWEEP_CSV
-    md.write_text(markdown(rows))
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["recipe"])
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["recipe"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    # A sweep killed while writing keeps the previous tables whole.
+    atomic_write_text(md, markdown(rows))
+    atomic_write_text(table, text.getvalue())
     return md, table
 
 
@@ -218,7 +253,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .cli import _is_main_process, one_line
 
-    args = _parser().parse_args(argv)
+    # Intermixed: keys may come after --seeds/--out as well as before.
+    args = _parser().parse_intermixed_args(argv)
     recipes = [Path(item) for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     main_process = _is_main_process()
@@ -230,12 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_all(runs, say)
         finally:
+            _end_process_group()
             if main_process:
-                rows = aggregate(args.out, recipes, args.seeds)
+                rows = aggregate(runs)
                 md, _ = write_tables(args.out, rows)
                 say(f"\n{markdown(rows)}\nwrote {md} and {args.out / SWEEP_CSV}")
     except TCLError as exc:
         say(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The machine's side (disk full, permissions): what and where, in one line.
+        where = f" ({exc.filename})" if exc.filename else ""
+        say(f"error: {exc.strerror or exc}{where}; finished runs and checkpoints are intact", file=sys.stderr)
         return 2
     except StopRequested as stop:
         say(f"stopped; checkpoint saved to {stop.checkpoint}. Continue with the same command.", file=sys.stderr)

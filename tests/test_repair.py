@@ -35,6 +35,10 @@ SUMMARY = {"test_acc": 0.8125, "noise_auc": 0.9375, "noise_precision": 0.6, "noi
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    # datasets' progress bars share stderr with the one error line the tests read.
+    datasets.disable_progress_bars()
+    yield
+    datasets.enable_progress_bars()
 
 
 def load_repaired(folder: Path):
