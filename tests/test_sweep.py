@@ -175,7 +175,7 @@ def test_a_killed_sweep_skips_the_finished_run_and_resumes_the_killed_one(tmp_pa
     assert sweep.main(argv) == 0
     printed = capsys.readouterr().out
     assert "tiny seed 0: finished" in printed and "tiny seed 1: half-finished" in printed
-    assert "resumed from" in printed and "epoch 1" in printed
+    assert "resumed from" in printed and "(epoch 1, step" in printed  # from the checkpoint the kill left
     assert digest(done) == before
     epochs = [json.loads(line)["epoch"] for line in (killed / METRICS_FILE).read_text().splitlines()]
     assert epochs == [1, 2]
