@@ -40,8 +40,9 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                commit_message: str = "Upload TCL classifier (tcl_hf)") -> str:
-    """Create the model repo if needed and upload ``folder``; returns the commit URL.
+                commit_message: str = "Upload TCL classifier (tcl_hf)", repo_type: str = "model") -> str:
+    """Create the repo (a model repo, or ``repo_type="dataset"``) if needed and upload ``folder``; returns the
+    commit URL.
 
     The token comes from the usual places (HF_TOKEN, ``hf auth login``). Any failure raises TCLError with one
     line saying that the push failed and where the local export is; nothing local is touched.
@@ -54,12 +55,12 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
                        f"`hf auth login`); {where}")
     api = HfApi(token=token, library_name="tcl_hf")
     try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type).repo_id
         if revision:
             # Uploading to a branch that does not exist yet would fail.
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                   commit_message=commit_message)
+                                   commit_message=commit_message, repo_type=repo_type)
     except (HfHubHTTPError, _CLIENT_ERROR, OSError, ValueError) as exc:
         raise TCLError(f"hub push to {repo_id!r} failed ({_reason(exc)}); {where}") from None
     return commit.commit_url

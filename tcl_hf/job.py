@@ -7,12 +7,13 @@ from .hub import push_folder
 from .trainer import Trainer
 
 
-def run_job(cfg: Config) -> dict:
+def run_job(cfg: Config, keep_process_group: bool = False) -> dict:
     """Train to the end, write hub/, the label report and plots (main process), push last; returns the summary.
 
-    The push comes after every local output is written, so a failed push loses nothing.
+    The push comes after every local output is written, so a failed push loses nothing. ``keep_process_group``:
+    the next job in this process reuses the distributed process group (tcl_hf.sweep).
     """
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, keep_process_group=keep_process_group)
     summary = trainer.train()
     acc, published = trainer.accelerator, None
     try:

@@ -39,8 +39,11 @@ from .stop import StopSignals
 class Trainer:
     """Builds everything from a validated ``Config`` and runs TCL (or the CE baseline)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, keep_process_group: bool = False):
         self.cfg = cfg
+        # A sweep runs several trainers in one process: a process group destroyed and made again on the launcher's
+        # store would read the old group's rendezvous keys, so the sweep keeps one group for all its runs.
+        self.keep_process_group = keep_process_group
         self.output_dir = Path(cfg.output_dir)
         check_push_token(cfg.hub.repo_id)  # a push bound to fail should stop the run now, not after training
         cuda = torch.cuda.is_available()
@@ -319,7 +322,11 @@ class Trainer:
             import wandb
 
             self.accelerator.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}, step=self.state.epoch)
-        self.accelerator.end_training()
+        if self.keep_process_group:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()  # end_training without its destroy_process_group
+        else:
+            self.accelerator.end_training()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

@@ -22,6 +22,7 @@ class DataBundle:
     extra_evals: dict = field(default_factory=dict)  # more test sets: name -> (Dataset, labels), e.g. "val"
     train_sampler: Sampler | None = None             # e.g. a class-balanced subset per epoch
     unlabelled: int = 0                              # listed training images left out: no label for them
+    train_rows: object = None                        # hf formats: the training split as loaded, every column
 
     @property
     def eval_sets(self) -> dict:

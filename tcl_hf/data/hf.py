@@ -144,5 +144,5 @@ def load_hf(data_cfg: DataConfig, contract: InputContract) -> DataBundle:
         train=train_set, test=test_set,
         train_labels=train_labels, test_labels=test_labels, clean_train_labels=clean,
         num_classes=num_classes, class_names=_class_names(train.features, label_col, num_classes),
-        contract=contract, full_train_size=full_train_size,
+        contract=contract, full_train_size=full_train_size, train_rows=train,
     )

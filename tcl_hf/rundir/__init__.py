@@ -12,10 +12,11 @@ from .folder import (append_metrics, atomic_write_text, check_reuse, check_writa
                      existing_outputs, read_metrics, read_saved_config, run_differences, trim_metrics)
 from .lock import RunLock, lock_run_folder
 from .names import (CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, LABEL_ISSUES_FILE, LOCK_FILE, MANIFEST_FILE, METRICS_FILE,
-                    PLOTS_DIR, RUN_OUTPUTS, SUMMARY_FILE)
+                    PLOTS_DIR, REPAIRED_DIR, RUN_OUTPUTS, SUMMARY_FILE)
 
 __all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "HUB_DIR", "LABEL_ISSUES_FILE", "LOCK_FILE", "MANIFEST_FILE",
-           "METRICS_FILE", "PLOTS_DIR", "RUN_OUTPUTS", "SUMMARY_FILE", "RunLock", "append_metrics", "atomic_write_text",
+           "METRICS_FILE", "PLOTS_DIR", "REPAIRED_DIR", "RUN_OUTPUTS", "SUMMARY_FILE", "RunLock", "append_metrics",
+           "atomic_write_text",
            "check_reuse", "check_writable", "checkpoint_dirs", "checkpoint_name", "checkpoint_problem",
            "clear_previous_outputs", "existing_outputs", "load_newest_checkpoint", "lock_run_folder", "newest_intact",
            "read_metrics", "read_saved_config", "run_differences", "trim_metrics", "write_checkpoint", "write_manifest"]
