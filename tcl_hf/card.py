@@ -16,6 +16,13 @@ from .detector import CLEAN_THRESHOLD
 from .hub import TCL_CONFIG, TCL_WEIGHTS
 from .models import ARCHITECTURE
 
+# How a card (model or repaired dataset) names the method that made it.
+METHOD_TEXT = {
+    "tcl": "Twin Contrastive Learning (TCL, Huang et al., CVPR 2023)",
+    "tcl_plus": "TCL+ (the TCL reference code's second stage, started from a finished TCL run)",
+    "ce": "plain cross-entropy (the baseline of the tcl_hf project)",
+}
+
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 
 # Config keys that name files or folders on this machine; a published config keeps only their base name.
@@ -101,7 +108,7 @@ def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
     card_data = ModelCardData(
         library_name="timm", license="apache-2.0", pipeline_tag="image-classification",
         model_name=f"{method}-{backbone}-{dataset_type.split('/')[-1]}",
-        tags=["image-classification", "timm", "noisy-labels", *(["tcl"] if method == "tcl" else []),
+        tags=["image-classification", "timm", "noisy-labels", *(["tcl"] if method in ("tcl", "tcl_plus") else []),
               "tcl_hf", dataset_type.split("/")[-1]],
         datasets=[dataset_id] if dataset_id else None,
         metrics=sorted({r.metric_type for r in results}) or None, eval_results=results or None,
@@ -110,8 +117,7 @@ def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
                                                           "noise_auc", "noise_precision", "noise_recall", "noise_acc")}
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), backbone=backbone, dataset_name=name,
-        method_text=("Twin Contrastive Learning (TCL, Huang et al., CVPR 2023)" if method == "tcl"
-                     else "plain cross-entropy (the baseline of the tcl_hf project)"),
+        method_text=METHOD_TEXT[method],
         noise_text=_noise_text(run_config.get("noise", {})), architecture=ARCHITECTURE,
         epochs=metrics.get("epochs_completed", metrics.get("epoch", "n/a")),
         detection_measured=_value(metrics, "noise_auc") is not None or _value(metrics, "noise_precision") is not None,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from .card import METHOD_TEXT
 from .errors import TCLError
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, SUMMARY_FILE
 
@@ -30,14 +31,6 @@ REPAIR_TAG = "tcl-hf-repaired"
 
 # The card's loading example for a folder that was not pushed: where it sits is the reader's business.
 LOCAL_LOAD_REF = "path/to/this/folder"
-
-
-# What the card says the run trained, by the run's `method`.
-METHOD_TEXT = {
-    "tcl": "Twin Contrastive Learning (TCL, Huang et al., CVPR 2023)",
-    "tcl_plus": "TCL+ (the TCL reference code's second stage, started from a finished TCL run)",
-    "ce": "plain cross-entropy (the baseline of the tcl_hf project)",
-}
 
 
 @dataclass
