@@ -252,13 +252,13 @@ class Trainer:
                 rundir.clear_previous_outputs(self.output_dir)
             save_config(cfg, self.output_dir / rundir.CONFIG_FILE)
         acc.wait_for_everyone()
-        if cfg.train.resume and self.resume():
-            acc.print(f"resumed from {self._resumed_from} (epoch {st.epoch}, step {st.step})")
-            if acc.is_main_process:
+        resumed = cfg.train.resume and self.resume()
+        if cfg.train.resume:
+            acc.print(f"resumed from {self._resumed_from} (epoch {st.epoch}, step {st.step})" if resumed
+                      else f"no checkpoint in {self.output_dir}: starting from scratch")
+            if acc.is_main_process:  # records after the checkpoint (all of them without one) will be redone
                 rundir.trim_metrics(self.output_dir, st.epoch)
-        else:
-            if cfg.train.resume:
-                acc.print(f"no checkpoint in {self.output_dir}: starting from scratch")
+        if not resumed:
             acc.print(f"initial EM step: {format_record(self.detect_noise())}")  # the confidences of epoch 1
         wall_before, record = st.wall_seconds, {}
         progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=st.step, unit="step",

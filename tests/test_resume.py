@@ -95,3 +95,16 @@ def test_resume_with_other_settings_is_refused(uninterrupted):
     _, out = uninterrupted
     with pytest.raises(ConfigError, match="seed"):
         _run(out, "train.resume=true", "seed=3")
+
+
+def test_a_resume_without_a_checkpoint_redoes_the_records_of_the_killed_start(uninterrupted, tmp_path):
+    # Killed after writing epoch 1's record but before its checkpoint: the records must not be doubled.
+    summary, straight = uninterrupted
+    out = tmp_path / "killed_early"
+    out.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        (out / name).write_bytes((straight / name).read_bytes())
+    resumed = _run(out, "train.resume=true")
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    _assert_same(summary, resumed)
