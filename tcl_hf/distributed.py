@@ -2,11 +2,14 @@
 "any process?" vote so every process takes the same branch."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from .errors import TCLError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -56,3 +59,13 @@ def any_process(flag: bool, accelerator: Accelerator) -> bool:
         return flag
     total = accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum")
     return bool(total > 0)
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """A launcher that started several processes which accelerate sees as one each (plain ``torchrun`` on a
+    CPU-only machine) would give N independent runs fighting over one folder: say how to launch instead."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and accelerator.num_processes == 1:
+        raise TCLError(f"the launcher started {world} processes but accelerate sees each as a run of its own; "
+                       "on a CPU-only machine use `accelerate launch --cpu --num_processes N` (or set "
+                       "ACCELERATE_USE_CPU=true)")

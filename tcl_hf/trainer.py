@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import rundir
 from .config import Config, flatten, save_config, to_dict
 from .data import load_data, resolve_input_contract
-from .distributed import any_process, gather_equal, gather_with_grad
+from .distributed import any_process, check_launch, gather_equal, gather_with_grad
 from .errors import StopRequested, TCLError
 from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
@@ -56,6 +56,7 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
             # Only TCL trains the projector, so DDP must tolerate its unused weights otherwise.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method != "tcl")])
+        check_launch(acc)
         # One run per folder: take the lock, then refuse a clash with another run before spending time
         # on data or models (nothing is removed before the new run is ready to train).
         self._lock = rundir.lock_run_folder(self.output_dir, acc.is_main_process, lambda f: any_process(f, acc))

@@ -231,3 +231,18 @@ def test_default_sync_bn_works_on_cpu_processes(launched):
 
 if __name__ == "__main__":
     launch_all(sys.argv[1], sys.argv[2])
+
+
+@pytest.mark.parametrize("world, seen, refused", [("2", 1, True), ("2", 2, False), ("1", 1, False), ("", 1, False)])
+def test_a_launch_accelerate_does_not_see_is_refused_in_one_line(world, seen, refused, monkeypatch):
+    from types import SimpleNamespace
+
+    from tcl_hf.distributed import check_launch
+    from tcl_hf.errors import TCLError
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    if refused:
+        with pytest.raises(TCLError, match="accelerate launch --cpu"):
+            check_launch(SimpleNamespace(num_processes=seen))
+    else:
+        check_launch(SimpleNamespace(num_processes=seen))
