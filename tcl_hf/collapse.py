@@ -189,6 +189,14 @@ class HealthMonitor:
             self.say(f"warm-up done after epoch {epoch} ({why}: agreement z {z:.1f}, clean-ratio estimate "
                      f"{estimate:.2f}); TCL from epoch {epoch + 1}")
 
+    def summary(self) -> dict[str, int | None]:
+        """For summary.json: the first TCL epoch (None: TCL never started) and the first collapsed epoch."""
+        warmup, st = self.cfg.optim.warmup_epochs, self.state
+        first = st.tcl_from_epoch if warmup == "auto" else max(warmup, 1)
+        if self.cfg.method != "tcl" or (first is not None and first > self.cfg.train.epochs):
+            first = None
+        return {"tcl_from_epoch": first, "collapsed_epoch": st.collapsed_epoch}
+
     def respond(self, line: str | None, checkpoint) -> None:
         """Print the collapse line; with ``train.on_collapse=stop`` end the run (the checkpoint is saved)."""
         if line is None:

@@ -289,7 +289,8 @@ class Trainer:
         st.wall_seconds = wall_before + time.perf_counter() - started
         summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
                    "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
-                   **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes}
+                   **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes,
+                   **self.health.summary()}
         if acc.is_main_process:
             rundir.atomic_write_text(self.output_dir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         acc.print(f"done: {format_record(summary)}")

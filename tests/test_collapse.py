@@ -153,6 +153,7 @@ def test_auto_warmup_switches_once_settled_and_judges_only_tcl_epochs():
     assert "optim.max_warmup_epochs" in line and "\n" not in line
     record = {"clean_ratio_est": 0.3}
     assert monitor.after_epoch(9, record, SPREAD, GIVEN) is None and record["collapsed"] is True  # said once
+    assert monitor.summary() == {"tcl_from_epoch": 7, "collapsed_epoch": 8}
 
 
 def test_auto_warmup_stops_at_its_bound():
@@ -171,6 +172,7 @@ def test_fixed_warmup_is_judged_from_its_first_tcl_epoch():
     line = monitor.after_epoch(3, record, T([0, 0, 0, 0, 0, 0, 0, 1]), GIVEN)
     assert record["pred_entropy_ratio"] < 0.5 and line.startswith("TCL collapsed at epoch 3")
     assert "optim.warmup_epochs=auto" in line
+    assert monitor.summary() == {"tcl_from_epoch": 3, "collapsed_epoch": 3}
 
 
 def test_ce_signals_are_logged_never_judged():
@@ -178,6 +180,7 @@ def test_ce_signals_are_logged_never_judged():
     record = {"clean_ratio_est": 0.01}
     assert monitor.after_epoch(1, record, T([0] * 8), GIVEN) is None
     assert record["pred_entropy_ratio"] == 0.0 and "collapsed" not in record and st.warmup_history == []
+    assert monitor.summary() == {"tcl_from_epoch": None, "collapsed_epoch": None}
 
 
 def test_respond_warns_or_stops_with_the_line():
