@@ -29,6 +29,11 @@ def lr_at(epoch: float, peak_lr: float, warmup_epochs: int, epochs: int, min_rat
 LR_RAMP_FRACTION = 0.1  # the paper ramps over 20 of its 200 epochs
 
 
+def lr_ramp_epochs(epochs: int) -> int:
+    """Length of the lr ramp under ``optim.warmup_epochs=auto``: a tenth of the run, at least one epoch."""
+    return max(1, round(LR_RAMP_FRACTION * epochs))
+
+
 def auto_lr_at(epoch: float, peak_lr: float, epochs: int, min_ratio: float, switch: int | None) -> float:
     """LR under ``optim.warmup_epochs=auto``, where TCL's start (``switch``: warm-up epochs done, None while
     undecided) is known only at run time.
@@ -38,7 +43,7 @@ def auto_lr_at(epoch: float, peak_lr: float, epochs: int, min_ratio: float, swit
     so TCL always gets a whole cosine however long the warm-up was (``cosine_quirk`` is a reference detail and
     does not apply). The lr of every step follows from the step and the saved switch: resume is exact.
     """
-    ramp = max(1, round(LR_RAMP_FRACTION * epochs))
+    ramp = lr_ramp_epochs(epochs)
     if epoch < ramp:
         return peak_lr * epoch / ramp
     if switch is None or epoch <= switch:

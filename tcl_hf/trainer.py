@@ -107,8 +107,7 @@ class Trainer:
         o, cfg = self.cfg.optim, self.cfg
         epoch = (self.state.step + 1) / self.steps_per_epoch
         if o.warmup_epochs == "auto":
-            switch = self.state.tcl_from_epoch - 1 if self.state.tcl_from_epoch else None
-            lr = auto_lr_at(epoch, self.peak_lr, cfg.train.epochs, o.min_lr_ratio, switch)
+            lr = auto_lr_at(epoch, self.peak_lr, cfg.train.epochs, o.min_lr_ratio, self.health.lr_switch())
         else:
             lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
         if cfg.method == "tcl_plus" and cfg.plus.constant_lr:

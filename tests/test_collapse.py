@@ -138,11 +138,11 @@ def test_auto_warmup_switches_once_settled_and_judges_only_tcl_epochs():
     for epoch, estimate in ((1, 0.2), (2, 0.60), (3, 0.62)):
         assert monitor.after_epoch(epoch, {"clean_ratio_est": estimate}, torch.zeros(8, dtype=torch.long),
                                    GIVEN) is None  # a collapsed-looking warm-up is never judged
-    assert st.tcl_from_epoch is None          # epoch 1-3 predictions agree only by chance (z = 0)
+    assert st.tcl_from_epoch is None and monitor.lr_switch() is None  # epochs 1-3 agree only by chance (z = 0)
     for epoch, estimate in ((4, 0.61), (5, 0.63), (6, 0.64)):
         assert monitor.after_epoch(epoch, {"clean_ratio_est": estimate}, SPREAD, GIVEN) is None
     # z of 8 of 8 agreeing at chance 1/4: 0.75 / sqrt(3/16 / 8) = 4.9 >= 3 from epoch 4: settled after epoch 6
-    assert st.tcl_from_epoch == 7 and st.switch_clean_ratio == 0.64
+    assert st.tcl_from_epoch == 7 and st.switch_clean_ratio == 0.64 and monitor.lr_switch() == 6
     assert len(st.warmup_history) == 6 and said and "TCL from epoch 7" in said[-1]
     record = {"clean_ratio_est": 0.6}
     assert monitor.after_epoch(7, record, SPREAD, GIVEN) is None and record["collapsed"] is False
@@ -181,6 +181,7 @@ def test_ce_signals_are_logged_never_judged():
     assert monitor.after_epoch(1, record, T([0] * 8), GIVEN) is None
     assert record["pred_entropy_ratio"] == 0.0 and "collapsed" not in record and st.warmup_history == []
     assert monitor.summary() == {"tcl_from_epoch": None, "collapsed_epoch": None}
+    assert monitor.lr_switch() == 2  # no TCL phase: the cosine starts after the ramp, a tenth of 20 epochs
 
 
 def test_respond_warns_or_stops_with_the_line():
