@@ -33,7 +33,7 @@ class RunState:
         # Decisions of tcl_hf.collapse, kept so a resumed run continues exactly.
         self.tcl_from_epoch: int | None = None         # optim.warmup_epochs=auto: the first TCL epoch, once decided
         self.warmup_history: list[list[float]] = []    # auto: [agreement z, clean-ratio estimate] per warm-up epoch
-        self.switch_clean_ratio: float | None = None   # the estimate the first TCL epoch trained with
+        self.switch_clean_ratio: float | None = None   # auto: the settled estimate TCL started with
         self.collapsed_epoch: int | None = None        # the first epoch judged collapsed
 
     def add_loss_sums(self, sums: dict[str, float]) -> None:

@@ -160,14 +160,15 @@ def test_auto_warmup_stops_at_its_bound():
     monitor, st, _ = _monitor("optim.warmup_epochs=auto", "optim.max_warmup_epochs=2")
     for epoch in (1, 2):
         monitor.after_epoch(epoch, {"clean_ratio_est": 0.1 * epoch}, torch.zeros(8, dtype=torch.long), GIVEN)
-    assert st.tcl_from_epoch == 3 and st.switch_clean_ratio == pytest.approx(0.2)
+    # Forced by the bound, not settled: no baseline for the clean-ratio rule.
+    assert st.tcl_from_epoch == 3 and st.switch_clean_ratio is None
 
 
 def test_fixed_warmup_is_judged_from_its_first_tcl_epoch():
     monitor, st, _ = _monitor("optim.warmup_epochs=3")
     record = {"clean_ratio_est": 0.5}
     monitor.after_epoch(2, record, T([0] * 8), GIVEN)
-    assert "collapsed" not in record and st.switch_clean_ratio == 0.5 and st.tcl_from_epoch is None
+    assert "collapsed" not in record and st.switch_clean_ratio is None and st.tcl_from_epoch is None
     record = {"clean_ratio_est": 0.5}
     line = monitor.after_epoch(3, record, T([0, 0, 0, 0, 0, 0, 0, 1]), GIVEN)
     assert record["pred_entropy_ratio"] < 0.5 and line.startswith("TCL collapsed at epoch 3")
