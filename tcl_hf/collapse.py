@@ -112,14 +112,17 @@ def collapse_reasons(signals: dict[str, float | None], clean_ratio: float,
     return reasons
 
 
-def collapse_message(epoch: int, reasons: list[str], auto_warmup: bool, stopping: bool) -> str:
-    """The one line a collapsed run prints (and, with ``train.on_collapse=stop``, exits with)."""
-    if auto_warmup:
-        advice = ("the automatic warm-up reached optim.max_warmup_epochs before the classifier was ready: raise it "
-                  "(or train.epochs), lower optim.lr, or add data")
-    else:
-        advice = ("the warm-up ended before the classifier learned the labels: set optim.warmup_epochs=auto (or a "
-                  "larger number), lower optim.lr, or add data")
+def collapse_message(epoch: int, reasons: list[str], warmup: str, stopping: bool) -> str:
+    """The one line a collapsed run prints (and, with ``train.on_collapse=stop``, exits with); ``warmup`` says how
+    TCL started: ``fixed``, ``bounded`` (an automatic warm-up at its bound) or ``settled``."""
+    advice = {
+        "fixed": "the warm-up ended before the classifier learned the labels: set optim.warmup_epochs=auto (or a "
+                 "larger number), lower optim.lr, or add data",
+        "bounded": "the automatic warm-up reached optim.max_warmup_epochs before the classifier was ready: raise it "
+                   "(or train.epochs), lower optim.lr, or add data",
+        "settled": "the warm-up had settled, so the data is too small or the lr too high for TCL: lower optim.lr, "
+                   "add data, or use method=ce",
+    }[warmup]
     outcome = "stopped" if stopping else "its predictions and noise detection are now worse than a CE baseline's"
     return f"TCL collapsed at epoch {epoch}: the classifier degenerated ({'; '.join(reasons)}); {outcome}. Fix: {advice}"
 
@@ -183,7 +186,8 @@ class HealthMonitor:
         if not reasons or st.collapsed_epoch is not None:
             return None
         st.collapsed_epoch = epoch
-        return collapse_message(epoch, reasons, self.auto, self.cfg.train.on_collapse == "stop")
+        warmup = "fixed" if not self.auto else "settled" if st.switch_clean_ratio is not None else "bounded"
+        return collapse_message(epoch, reasons, warmup, self.cfg.train.on_collapse == "stop")
 
     def _decide_switch(self, epoch: int, z: float, estimate: float) -> None:
         st, cap = self.state, max_warmup_epochs(self.cfg.optim.max_warmup_epochs, self.cfg.train.epochs)

@@ -150,7 +150,7 @@ def test_auto_warmup_switches_once_settled_and_judges_only_tcl_epochs():
     line = monitor.after_epoch(8, record, SPREAD, GIVEN)
     assert record["collapsed"] is True and st.collapsed_epoch == 8
     assert line.startswith("TCL collapsed at epoch 8") and "fell from 0.64 to 0.30" in line
-    assert "optim.max_warmup_epochs" in line and "\n" not in line
+    assert "the warm-up had settled" in line and "\n" not in line
     record = {"clean_ratio_est": 0.3}
     assert monitor.after_epoch(9, record, SPREAD, GIVEN) is None and record["collapsed"] is True  # said once
     assert monitor.summary() == {"tcl_from_epoch": 7, "collapsed_epoch": 8}
@@ -162,6 +162,8 @@ def test_auto_warmup_stops_at_its_bound():
         monitor.after_epoch(epoch, {"clean_ratio_est": 0.1 * epoch}, torch.zeros(8, dtype=torch.long), GIVEN)
     # Forced by the bound, not settled: no baseline for the clean-ratio rule.
     assert st.tcl_from_epoch == 3 and st.switch_clean_ratio is None
+    line = monitor.after_epoch(3, {"clean_ratio_est": 0.0}, T([0] * 8), GIVEN)
+    assert line.startswith("TCL collapsed at epoch 3") and "reached optim.max_warmup_epochs" in line
 
 
 def test_fixed_warmup_is_judged_from_its_first_tcl_epoch():
