@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -46,6 +46,10 @@ def _repo_id(v):
     except HFValidationError as exc:
         return f"is not a valid Hub repo id ({str(exc).strip().splitlines()[0]})"
     return None if v.count("/") == 1 else "must be namespace/name (your user or organisation, then the repo name)"
+
+
+def _warmup_epochs(v):
+    return None if v == "auto" else non_negative(v)
 
 
 def _triple(v):
@@ -151,7 +155,11 @@ class OptimConfig:
     momentum: float = option(0.9, in_range(0.0, 1.0, hi_open=True))
     weight_decay: float = option(1e-3, non_negative)
     min_lr_ratio: float = option(0.01, in_range(0.0, 1.0))
-    warmup_epochs: int = option(20, non_negative)
+    warmup_epochs: Union[int, Literal["auto"]] = option(
+        20, _warmup_epochs, "epochs of warm-up (the paper's 20); auto = until the classifier beats chance on the "
+        "given labels and the EM step's clean-ratio estimate has settled (tcl_hf/collapse.py)")
+    max_warmup_epochs: Optional[int] = option(None, positive, "warmup_epochs=auto: switch to TCL after at most this "
+                                              "many warm-up epochs; null = half of train.epochs")
     cosine_quirk: bool = option(True, help="reference cosine over `epochs`, not `epochs - warmup`")
 
 
@@ -167,6 +175,9 @@ class TrainConfig:
     sync_bn: bool = option(True, help="SyncBatchNorm with several processes")
     resume: bool = option(False, help="continue from the newest checkpoint in output_dir")
     checkpoints_to_keep: int = option(2, positive)
+    on_collapse: Literal["warn", "stop"] = option("warn", help="a TCL run whose classifier degenerated "
+                                                  "(tcl_hf/collapse.py): print one line, or also save a checkpoint "
+                                                  "and exit non-zero")
 
 
 @dataclass

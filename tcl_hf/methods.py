@@ -49,10 +49,14 @@ class Method:
 
     report_labels: torch.Tensor | None = None  # labels the detection metrics score (None: the model's predictions)
 
-    def __init__(self, warmup_epochs: int):
+    def __init__(self, warmup_epochs: int | str):
         self.warmup_epochs = warmup_epochs
 
-    def in_warmup(self, epoch: int) -> bool:
+    def in_warmup(self, epoch: int, tcl_from_epoch: int | None = None) -> bool:
+        """Whether ``epoch`` (from 1) trains with the warm-up objective: the reference's epochs before
+        ``warmup_epochs``, or with ``auto`` those before the first TCL epoch the run has decided (if any yet)."""
+        if self.warmup_epochs == "auto":
+            return tcl_from_epoch is None or epoch < tcl_from_epoch
         return epoch < self.warmup_epochs
 
     def after_step(self, model: torch.nn.Module) -> None:
@@ -69,7 +73,7 @@ class Method:
 class TCL(Method):
     name = "tcl"
 
-    def __init__(self, tcl_cfg, warmup_epochs: int, gather: Gather | None):
+    def __init__(self, tcl_cfg, warmup_epochs: int | str, gather: Gather | None):
         super().__init__(warmup_epochs)
         self.cfg = tcl_cfg
         self.weights = TCLWeights(tcl_cfg.lambda_con, tcl_cfg.lambda_cls, tcl_cfg.lambda_align, tcl_cfg.lambda_ent,
@@ -97,7 +101,7 @@ class TCL(Method):
 class CrossEntropy(Method):
     name = "ce"
 
-    def __init__(self, tcl_cfg, warmup_epochs: int):
+    def __init__(self, tcl_cfg, warmup_epochs: int | str):
         super().__init__(warmup_epochs)
         self.per_class_gmm, self.gmm_backend = tcl_cfg.per_class_gmm, tcl_cfg.gmm_backend
 
@@ -129,7 +133,7 @@ class TCLPlus(CrossEntropy):
             if isinstance(m, torch.nn.Dropout):
                 m.eval()
 
-    def in_warmup(self, epoch: int) -> bool:
+    def in_warmup(self, epoch: int, tcl_from_epoch: int | None = None) -> bool:
         return epoch <= self.plus.start_correction
 
     def step_terms(self, model: torch.nn.Module, views: Views, batch: StepInputs) -> dict[str, torch.Tensor]:

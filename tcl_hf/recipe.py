@@ -66,7 +66,7 @@ def describe(tp: Any) -> str:
     args = typing.get_args(tp)
     if origin is typing.Union:
         inner = [a for a in args if a is not type(None)]
-        return " | ".join(describe(a) for a in inner) + " | null"
+        return " | ".join(describe(a) for a in inner) + (" | null" if type(None) in args else "")
     if origin is Literal:
         return " | ".join(str(a) for a in args)
     if origin is list:
@@ -79,10 +79,22 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union:
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        nullable = type(None) in args
+        if nullable and (value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))):
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(key, value, inner[0])
+        # An int or a word (warmup_epochs: 20 | auto): the first type that takes the value wins.
+        for option_type in inner[:-1]:
+            try:
+                return coerce(key, value, option_type)
+            except ConfigError:
+                pass
+        try:
+            return coerce(key, value, inner[-1])
+        except ConfigError:
+            if len(inner) == 1:
+                raise
+        raise ConfigError(f"{key}: expected {describe(tp)}, got {value!r}")
     if origin is Literal:
         if value is False and "no" in args:
             return "no"  # YAML 1.1 reads a bare `no` as false

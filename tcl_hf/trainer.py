@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import rundir
+from .collapse import HealthMonitor
 from .config import Config, flatten, save_config, to_dict
 from .data import load_data, resolve_input_contract
 from .distributed import any_process, check_launch, gather_equal, gather_with_grad
@@ -29,7 +30,7 @@ from .hub import check_push_token
 from .methods import StepInputs, create_method
 from .models import build_tcl_model
 from .noise import training_labels
-from .optim import build_optimizer, lr_at, scaled_lr
+from .optim import auto_lr_at, build_optimizer, lr_at, scaled_lr
 from .plus import start_from_tcl_run
 from .result import RunResult
 from .state import LossMeter, RunState
@@ -101,6 +102,7 @@ class Trainer:
                                  cfg.optim.scale_lr)
         self.steps_per_epoch = max(self.feed.train.steps(1) // cfg.train.grad_accum_steps, 1)
         self.em = NoiseDetection(cfg, self.method, self.feed, self.given_labels, self.clean_labels, self.state)
+        self.health = HealthMonitor(cfg, self.method, self.state, self.num_classes, acc.print)
         self.bad_counts: dict[str, int] = {}
         self._resumed_from: Path | None = None
 
@@ -108,7 +110,10 @@ class Trainer:
     def _set_lr(self) -> float:
         o, cfg = self.cfg.optim, self.cfg
         epoch = (self.state.step + 1) / self.steps_per_epoch
-        lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
+        if o.warmup_epochs == "auto":
+            lr = auto_lr_at(epoch, self.peak_lr, cfg.train.epochs, o.min_lr_ratio, self.health.lr_switch())
+        else:
+            lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
         if cfg.method == "tcl_plus" and cfg.plus.constant_lr:
             lr = self.peak_lr  # the reference's second stage keeps its lr
         for group in self.optimizer.param_groups:
@@ -123,7 +128,7 @@ class Trainer:
         mean loss terms and last lr. Raises ``StopRequested`` after saving a checkpoint on a stop signal."""
         cfg, acc, st = self.cfg, self.accelerator, self.state
         self.model.train()
-        warmup = self.method.in_warmup(epoch)
+        warmup = self.method.in_warmup(epoch, st.tcl_from_epoch)
         meter, lr, start = LossMeter(), self._set_lr(), time.perf_counter()
         for images, index in self.feed.train.epoch(epoch, st.batches_done):
             with acc.accumulate(self.model):
@@ -273,9 +278,12 @@ class Trainer:
                 st.epoch = epoch
                 final = epoch == cfg.train.epochs or self._max_steps_reached()
                 record = self._record(epoch, losses, evaluate=final or epoch % cfg.eval.every == 0)
+                usable = ~self.em.bad
+                alarm = self.health.after_epoch(epoch, record, self.em.probs[usable].argmax(dim=1),
+                                                self.given_labels[usable])
                 self._log(record)
                 st.wall_seconds = wall_before + time.perf_counter() - started
-                self.save_checkpoint()
+                self.health.respond(alarm, self.save_checkpoint())
         if cfg.tcl.em_subset or not record:
             # The report covers every sample with the final model (an EM subset left some confidences older), and a
             # resumed finished run has no record yet.
@@ -284,7 +292,8 @@ class Trainer:
         st.wall_seconds = wall_before + time.perf_counter() - started
         summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
                    "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
-                   **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes}
+                   **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes,
+                   **self.health.summary()}
         if acc.is_main_process:
             rundir.atomic_write_text(self.output_dir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         acc.print(f"done: {format_record(summary)}")

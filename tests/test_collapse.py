@@ -1,0 +1,257 @@
+"""Collapse signals, verdict, automatic warm-up and its lr schedule, on hand-made tensors with hand-computed
+expectations; then the decisions through a run: exact resume with ``auto``, and ``train.on_collapse=stop``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from tcl_hf import collapse
+from tcl_hf.collapse import (CollapseStop, HealthMonitor, agreement_above_chance, class_entropy, collapse_reasons,
+                             knn_gap, max_warmup_epochs, prediction_entropy_ratio, warmup_finished)
+from tcl_hf.config import load_config
+from tcl_hf.errors import ConfigError
+from tcl_hf.methods import Method
+from tcl_hf.optim import auto_lr_at
+from tcl_hf.state import RunState
+
+T = torch.tensor
+
+
+# ---- signals ---------------------------------------------------------------------------------------------
+def test_class_entropy_by_hand():
+    assert class_entropy(T([0, 0, 1, 1]), 3) == pytest.approx(math.log(2))
+    assert class_entropy(T([2, 2, 2]), 3) == 0.0
+    # 1/2, 1/4, 1/4: -(0.5 ln 0.5 + 2 * 0.25 ln 0.25) = 1.5 ln 2
+    assert class_entropy(T([0, 0, 1, 2]), 4) == pytest.approx(1.5 * math.log(2))
+
+
+def test_prediction_entropy_ratio_by_hand():
+    given = T([0, 0, 1, 1, 2, 2, 3, 3])                        # uniform over 4: ln 4
+    assert prediction_entropy_ratio(given, given, 4) == pytest.approx(1.0)
+    assert prediction_entropy_ratio(T([0, 0, 0, 0, 1, 1, 1, 1]), given, 4) == pytest.approx(0.5)  # ln 2 / ln 4
+    assert prediction_entropy_ratio(torch.zeros(8, dtype=torch.long), given, 4) == 0.0
+    assert prediction_entropy_ratio(T([0, 1]), T([1, 1]), 2) == 1.0  # one label only: nothing to collapse onto
+
+
+def test_agreement_and_its_z_score_by_hand():
+    given = T([0, 1] * 50)
+    agreement, z = agreement_above_chance(given.clone(), given, 2)
+    # chance = 0.5 * 0.5 + 0.5 * 0.5 = 0.5; z = (1 - 0.5) / sqrt(0.25 / 100) = 10
+    assert (agreement, z) == (1.0, pytest.approx(10.0))
+    agreement, z = agreement_above_chance(torch.zeros(100, dtype=torch.long), given, 2)
+    assert (agreement, z) == (0.5, pytest.approx(0.0))  # one class predicted: agrees exactly as often as chance
+    pred = T([0, 1] * 40 + [1, 0] * 10)                        # 80 of 100 agree, both classes still balanced
+    assert agreement_above_chance(pred, given, 2) == (0.8, pytest.approx(0.3 / 0.05))
+
+
+def test_knn_gap_by_hand():
+    assert knn_gap(0.3, 0.5, 10) == pytest.approx(0.5)         # lacks 0.2 of kNN's 0.4 over chance
+    assert knn_gap(0.6, 0.5, 10) == 0.0                        # ahead of kNN: clipped
+    assert knn_gap(0.1, 0.11, 10) is None                      # kNN within 0.02 of chance says nothing
+    assert knn_gap(None, 0.5, 10) is None and knn_gap(0.5, None, 10) is None
+
+
+# ---- verdict -------------------------------------------------------------------------------------------
+def _signals(ratio):
+    return {"pred_entropy_ratio": ratio, "label_agreement": 0.5, "label_agreement_z": 9.0, "knn_gap": 0.9}
+
+
+def test_collapse_reasons_by_hand():
+    assert collapse_reasons(_signals(0.8), 0.6, 0.62) == []
+    [reason] = collapse_reasons(_signals(0.4), 0.6, 0.62)
+    assert "entropy 0.40" in reason
+    [reason] = collapse_reasons(_signals(0.8), 0.2, 0.6)
+    assert "fell from 0.60 to 0.20" in reason
+    assert collapse_reasons(_signals(0.8), 0.31, 0.6) == []    # 0.31 keeps more than half of 0.6
+    assert collapse_reasons(_signals(0.8), 0.01, None) == []   # no switch estimate: nothing to fall from
+    assert len(collapse_reasons(_signals(0.3), 0.1, 0.6)) == 2
+
+
+# ---- automatic warm-up ---------------------------------------------------------------------------------
+def test_warmup_finished_by_hand():
+    settled = [[5.0, 0.60], [5.0, 0.63], [5.0, 0.64]]
+    assert warmup_finished(settled, 10)
+    assert not warmup_finished(settled[:2], 10)                 # too few steps to call it settled
+    assert not warmup_finished([[5.0, 0.60], [2.9, 0.63], [5.0, 0.64]], 10)  # one step not beyond chance
+    assert not warmup_finished([[5.0, 0.40], [5.0, 0.60], [5.0, 0.45]], 10)  # estimates jump 0.2
+    assert warmup_finished([[9.0, 0.9], [5.0, 0.40], [5.0, 0.42], [5.0, 0.44]], 10)  # only the last three count
+    assert warmup_finished([[0.0, 0.1], [0.0, 0.9]], 2)         # the bound ends it whatever the signals
+
+
+def test_max_warmup_epochs_default_is_half_the_run():
+    assert max_warmup_epochs(None, 30) == 15
+    assert max_warmup_epochs(None, 7) == 3
+    assert max_warmup_epochs(None, 1) == 1
+    assert max_warmup_epochs(4, 30) == 4
+
+
+def test_auto_lr_schedule_by_hand():
+    peak, low = 1.0, 0.01
+    assert auto_lr_at(1.0, peak, 20, low, None) == pytest.approx(0.5)     # ramp over round(0.1 * 20) = 2 epochs
+    assert auto_lr_at(1.0, peak, 20, low, 6) == pytest.approx(0.5)        # the ramp ignores the switch
+    assert auto_lr_at(9.0, peak, 20, low, None) == peak                   # undecided: stays at the peak
+    assert auto_lr_at(6.0, peak, 20, low, 6) == peak                      # cosine starts at the switch
+    # half-way from the switch (6) to the end (20): low + (peak - low) / 2
+    assert auto_lr_at(13.0, peak, 20, low, 6) == pytest.approx(0.505)
+    assert auto_lr_at(20.0, peak, 20, low, 6) == pytest.approx(low)
+
+
+def test_warmup_epochs_auto_from_yaml_and_command_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  warmup_epochs: auto\n  max_warmup_epochs: 7\ntrain:\n  on_collapse: stop\n")
+    cfg = load_config(recipe)
+    assert (cfg.optim.warmup_epochs, cfg.optim.max_warmup_epochs, cfg.train.on_collapse) == ("auto", 7, "stop")
+    assert load_config(None, ["optim.warmup_epochs=auto"]).optim.warmup_epochs == "auto"
+    assert load_config(None, ["optim.warmup_epochs=3"]).optim.warmup_epochs == 3
+    assert load_config(None, []).train.on_collapse == "warn"
+
+
+@pytest.mark.parametrize("override, allowed", [("optim.warmup_epochs=soon", "int | auto"),
+                                               ("optim.warmup_epochs=-2", ">= 0"),
+                                               ("optim.max_warmup_epochs=0", "> 0"),
+                                               ("train.on_collapse=abort", "warn | stop")])
+def test_bad_values_name_key_and_what_is_allowed(override, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert message.startswith(override.split("=")[0]) and allowed in message and "\n" not in message
+
+
+# ---- the monitor's decisions -------------------------------------------------------------------------------
+def _monitor(*overrides):
+    cfg = load_config(None, ["train.epochs=20", *overrides])  # an automatic warm-up is bounded at 10
+    state, said = RunState(8, 4, 2), []
+    return HealthMonitor(cfg, Method(cfg.optim.warmup_epochs), state, 4, said.append), state, said
+
+
+GIVEN = T([0, 0, 1, 1, 2, 2, 3, 3])
+SPREAD = GIVEN.clone()  # every prediction right: entropy ratio 1
+
+
+def test_auto_warmup_switches_once_settled_and_judges_only_tcl_epochs():
+    monitor, st, said = _monitor("optim.warmup_epochs=auto")
+    for epoch, estimate in ((1, 0.2), (2, 0.60), (3, 0.62)):
+        assert monitor.after_epoch(epoch, {"clean_ratio_est": estimate}, torch.zeros(8, dtype=torch.long),
+                                   GIVEN) is None  # a collapsed-looking warm-up is never judged
+    assert st.tcl_from_epoch is None and monitor.lr_switch() is None  # epochs 1-3 agree only by chance (z = 0)
+    for epoch, estimate in ((4, 0.61), (5, 0.63), (6, 0.64)):
+        assert monitor.after_epoch(epoch, {"clean_ratio_est": estimate}, SPREAD, GIVEN) is None
+    # z of 8 of 8 agreeing at chance 1/4: 0.75 / sqrt(3/16 / 8) = 4.9 >= 3 from epoch 4: settled after epoch 6
+    assert st.tcl_from_epoch == 7 and st.switch_clean_ratio == 0.64 and monitor.lr_switch() == 6
+    assert len(st.warmup_history) == 6 and said and "TCL from epoch 7" in said[-1]
+    record = {"clean_ratio_est": 0.6}
+    assert monitor.after_epoch(7, record, SPREAD, GIVEN) is None and record["collapsed"] is False
+    record = {"clean_ratio_est": 0.3}
+    line = monitor.after_epoch(8, record, SPREAD, GIVEN)
+    assert record["collapsed"] is True and st.collapsed_epoch == 8
+    assert line.startswith("TCL collapsed at epoch 8") and "fell from 0.64 to 0.30" in line
+    assert "the warm-up had settled" in line and "\n" not in line
+    record = {"clean_ratio_est": 0.3}
+    assert monitor.after_epoch(9, record, SPREAD, GIVEN) is None and record["collapsed"] is True  # said once
+    assert monitor.summary() == {"tcl_from_epoch": 7, "collapsed_epoch": 8}
+
+
+def test_auto_warmup_stops_at_its_bound():
+    monitor, st, _ = _monitor("optim.warmup_epochs=auto", "optim.max_warmup_epochs=2")
+    for epoch in (1, 2):
+        monitor.after_epoch(epoch, {"clean_ratio_est": 0.1 * epoch}, torch.zeros(8, dtype=torch.long), GIVEN)
+    # Forced by the bound, not settled: no baseline for the clean-ratio rule.
+    assert st.tcl_from_epoch == 3 and st.switch_clean_ratio is None
+    line = monitor.after_epoch(3, {"clean_ratio_est": 0.0}, T([0] * 8), GIVEN)
+    assert line.startswith("TCL collapsed at epoch 3") and "reached optim.max_warmup_epochs" in line
+
+
+def test_fixed_warmup_is_judged_from_its_first_tcl_epoch():
+    monitor, st, _ = _monitor("optim.warmup_epochs=3")
+    record = {"clean_ratio_est": 0.5}
+    monitor.after_epoch(2, record, T([0] * 8), GIVEN)
+    assert "collapsed" not in record and st.switch_clean_ratio is None and st.tcl_from_epoch is None
+    record = {"clean_ratio_est": 0.5}
+    line = monitor.after_epoch(3, record, T([0, 0, 0, 0, 0, 0, 0, 1]), GIVEN)
+    assert record["pred_entropy_ratio"] < 0.5 and line.startswith("TCL collapsed at epoch 3")
+    assert "optim.warmup_epochs=auto" in line
+    assert monitor.summary() == {"tcl_from_epoch": 3, "collapsed_epoch": 3}
+
+
+def test_ce_signals_are_logged_never_judged():
+    monitor, st, _ = _monitor("method=ce", "optim.warmup_epochs=auto")
+    record = {"clean_ratio_est": 0.01}
+    assert monitor.after_epoch(1, record, T([0] * 8), GIVEN) is None
+    assert record["pred_entropy_ratio"] == 0.0 and "collapsed" not in record and st.warmup_history == []
+    assert monitor.summary() == {"tcl_from_epoch": None, "collapsed_epoch": None}
+    assert monitor.lr_switch() == 2  # no TCL phase: the cosine starts after the ramp, a tenth of 20 epochs
+
+
+def test_respond_warns_or_stops_with_the_line():
+    monitor, _, said = _monitor()
+    monitor.respond("TCL collapsed at epoch 3: x", "ckpt")
+    assert said == ["TCL collapsed at epoch 3: x"]
+    stopping, _, _ = _monitor("train.on_collapse=stop")
+    with pytest.raises(CollapseStop, match=r"^TCL collapsed at epoch 3: x; checkpoint: ckpt$"):
+        stopping.respond("TCL collapsed at epoch 3: x", "ckpt")
+    stopping.respond(None, "ckpt")  # healthy: nothing happens
+
+
+# ---- through a run (digits, CPU) ---------------------------------------------------------------------------
+TINY = ["data.format=digits", "data.limit=160", "data.image_size=16", "model.backbone=preact_resnet_mini",
+        "model.proj_dim=32", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=4",
+        "optim.warmup_epochs=auto", "eval.knn_k=20", "log.progress=false"]
+COMPARED = ("test_acc", "knn_acc", "noise_auc", "clean_ratio_est", "loss", "lr", "pred_entropy_ratio")
+
+
+def _train(out, *extra):
+    from tcl_hf.trainer import Trainer
+
+    return Trainer(load_config(None, [*TINY, f"output_dir={out}", *extra])).train()
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_resume_after_the_auto_switch_continues_exactly(tmp_path, monkeypatch, fresh_accelerate):
+    from tcl_hf.errors import StopRequested
+    from tcl_hf.state import LossMeter
+
+    straight = _train(tmp_path / "straight")
+    # 4 epochs bound the warm-up at 2: TCL from epoch 3, whose lr starts the cosine.
+    assert json.loads(sorted((tmp_path / "straight" / "checkpoints").glob("step_*"))[-1].joinpath(
+        "run_state.json").read_text())["tcl_from_epoch"] == 3
+    real_add = LossMeter.add
+
+    def signal_during_step_25(self, terms, step):
+        real_add(self, terms, step)
+        if step == 25:  # half-way through epoch 3, the first TCL epoch (10 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(LossMeter, "add", signal_during_step_25)
+    with pytest.raises(StopRequested):
+        _train(tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = _train(tmp_path / "resumed", "train.resume=true")
+    for key in COMPARED:
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
+    for a, b in zip(_records(tmp_path / "straight"), _records(tmp_path / "resumed"), strict=True):
+        assert b["lr"] == pytest.approx(a["lr"], abs=1e-9) and b["loss"] == pytest.approx(a["loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_on_collapse_stop_exits_nonzero_with_one_line_and_a_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                        fresh_accelerate):
+    from tcl_hf.cli import main
+
+    # Any prediction spread below 101 % of the labels' entropy counts as collapsed: the first TCL epoch fires.
+    monkeypatch.setattr(collapse, "MIN_ENTROPY_RATIO", 1.01)
+    code = main([*TINY, "optim.warmup_epochs=1", "train.on_collapse=stop", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert err[0].startswith("error: TCL collapsed at epoch 1: the classifier degenerated (")
+    assert err[0].endswith(str(tmp_path / "checkpoints" / "step_00000010"))
+    assert (tmp_path / "checkpoints" / "step_00000010" / "run_state.json").is_file()
+    assert [r["epoch"] for r in _records(tmp_path)] == [1] and _records(tmp_path)[0]["collapsed"] is True
