@@ -62,6 +62,10 @@ class Method:
     def after_step(self, model: torch.nn.Module) -> None:
         """Called after each optimizer step."""
 
+    def network(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The network the EM step, the evaluation and the export use (the trained one)."""
+        return model
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold besides the model to resume exactly."""
         return {}
@@ -140,12 +144,16 @@ class TCLPlus(CrossEntropy):
         x = views.weak(batch.images)
         num_classes = self.teacher.num_classes
         target = F.one_hot(batch.labels, num_classes).float()
+        self._teach_mode()  # an evaluation in between left it in eval mode
+        with torch.no_grad():
+            # Every step, as the reference: the teacher's BN statistics follow the un-mixed view it evaluates on.
+            taught = self.teacher(x, project=False)[1].argmax(dim=1)
         if not batch.warmup:
-            with torch.no_grad():
-                taught = F.one_hot(self.teacher(x, project=False)[1].argmax(dim=1), num_classes).float()
+            taught = F.one_hot(taught, num_classes).float()
             target = (1 - self.plus.teacher_weight) * target + self.plus.teacher_weight * taught
         x_mix, perm, lam = mixup(x, self.alpha)
         _, logits = model(x_mix, project=False)
+        # CE is linear in the target: this is the reference's lam * CE(y_i) + (1 - lam) * CE(y_perm(i)).
         loss = soft_cross_entropy(logits, lam * target + (1 - lam) * target[perm])
         return {"loss": loss, "loss_cls": loss}
 
@@ -158,6 +166,13 @@ class TCLPlus(CrossEntropy):
             torch._foreach_copy_(teacher, student)
         else:
             torch._foreach_lerp_(teacher, student, 1 - self.plus.ema)
+
+    def network(self, model: torch.nn.Module) -> torch.nn.Module:
+        # The reference evaluates its teacher (eval mode, its own BN statistics), so the run reports and publishes it.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buffer in self.teacher.buffers():  # one teacher on every process: rank 0's, the one checkpointed
+                torch.distributed.broadcast(buffer, 0)
+        return self.teacher
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {f"teacher.{k}": v.detach().contiguous() for k, v in self.teacher.state_dict().items()}

@@ -14,8 +14,9 @@ from .hub import load_tcl_pretrained
 from .recipe import flatten
 from .state import RUN_STATE_TENSORS
 
-# What the TCL run and the TCL+ run must share: the same training rows and given labels, the same network.
-SHARED_KEYS = ("data.", "noise.", "model.backbone", "model.proj_dim")
+# What the TCL run and the TCL+ run must share: the same training rows and given labels (the seed draws the
+# synthetic noise and file-list subsets), the same network.
+SHARED_KEYS = ("seed", "data.", "noise.", "model.backbone", "model.proj_dim")
 
 
 @dataclass
@@ -41,15 +42,19 @@ def start_from_tcl_run(run_dir: str | Path, config: dict, model: torch.nn.Module
     run_dir = Path(run_dir)
     saved = flatten(rundir.read_saved_config(run_dir, "init.from"))
     ours = flatten(config)
+    if saved.get("method") != "tcl":
+        raise TCLError(f"init.from: {run_dir} is a method={saved.get('method')} run; TCL+ starts from a finished "
+                       f"method=tcl run")
     differ = [k for k in sorted(set(saved) | set(ours)) if k.startswith(SHARED_KEYS) and saved.get(k) != ours.get(k)]
     if differ:
         shown = ", ".join(f"{k}={saved.get(k)!r} there, {ours.get(k)!r} here" for k in differ[:3])
         raise TCLError(f"init.from: {run_dir} trained on other data or another network ({shown}); give TCL+ the "
                        f"TCL run's data, noise and model keys")
     checkpoint = rundir.newest_intact(run_dir)
-    if checkpoint is None or not (run_dir / rundir.HUB_DIR).is_dir():
-        raise TCLError(f"init.from: {run_dir} holds no finished TCL run (an intact checkpoint and hub/); train it "
-                       f"to the end first")
+    finished = (run_dir / rundir.SUMMARY_FILE).is_file() and (run_dir / rundir.HUB_DIR).is_dir()
+    if checkpoint is None or not finished:
+        raise TCLError(f"init.from: {run_dir} holds no finished TCL run (an intact checkpoint, summary.json and "
+                       f"hub/); train it to the end first")
     pretrained = load_tcl_pretrained(run_dir / rundir.HUB_DIR)
     model.load_state_dict(pretrained.model.state_dict())
     assignments = safetensors.torch.load_file(str(checkpoint / RUN_STATE_TENSORS))["assignments"]

@@ -185,16 +185,19 @@ class Trainer:
             progress.set_postfix(loss=f"{sums['loss'] / (self.state.step - first + 1):.3f}", lr=f"{lr:.4f}")
 
     # ---- EM step and evaluation ---------------------------------------------------------------
+    def _network(self) -> torch.nn.Module:
+        return self.method.network(self.accelerator.unwrap_model(self.model))  # TCL+: its teacher
+
     def detect_noise(self, epoch: int | None = None) -> dict[str, float | None]:
         """The EM step (see ``NoiseDetection.run``); returns the detection metrics."""
-        metrics = self.em.run(self.accelerator.unwrap_model(self.model), epoch)
+        metrics = self.em.run(self._network(), epoch)
         self.bad_counts["train"] = int(self.em.bad.sum())
         return metrics
 
     def evaluate(self) -> dict[str, float]:
         """Top-1/top-5 accuracy of the classifier on every held-out set, and kNN accuracy on the test set of
         z voting with the given train labels. Unreadable images are left out; no training state changes."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._network()
         bank, out = self.em.bank(model), {}
         for name, (feats, labels) in self.feed.extract_evals(model).items():
             self.bad_counts[name] = int(feats.bad.sum())
@@ -289,6 +292,8 @@ class Trainer:
             # resumed finished run has no record yet.
             self.detect_noise()
             record = {**record, **self._record(st.epoch, {}, evaluate=True)}
+            if cfg.tcl.em_subset:
+                self.save_checkpoint()  # the checkpoint TCL+ relabels from must hold this last, full EM step
         st.wall_seconds = wall_before + time.perf_counter() - started
         summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
                    "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
@@ -320,7 +325,7 @@ class Trainer:
         keep = ~self.em.bad.cpu().numpy()
         clean = self.clean_labels[keep] if self.clean_labels is not None else None
         return RunResult(output_dir=self.output_dir, config=to_dict(self.cfg), summary=summary,
-                         model=self.accelerator.unwrap_model(self.model), prototypes=self.state.prototypes,
+                         model=self._network(), prototypes=self.state.prototypes,
                          index=np.flatnonzero(keep), given=self.given_labels.cpu().numpy()[keep],
                          predicted=self.em.probs.argmax(dim=1).cpu().numpy()[keep],
                          clean_prob=self.state.confidences.numpy()[keep], clean=clean,
