@@ -63,7 +63,7 @@ class Tiny(torch.nn.Module):
 
 def plus_cfg(**plus) -> SimpleNamespace:
     defaults = dict(threshold=0.5, ema=0.0, teacher_weight=0.2, start_correction=30, constant_lr=True)
-    return SimpleNamespace(tcl=SimpleNamespace(per_class_gmm=False, mixup_alpha=1.0),
+    return SimpleNamespace(tcl=SimpleNamespace(per_class_gmm=False, gmm_backend="torch", mixup_alpha=1.0),
                            plus=SimpleNamespace(**{**defaults, **plus}))
 
 
