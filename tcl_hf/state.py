@@ -79,18 +79,25 @@ class LossMeter:
         self.keys: list[str] = []
         self.sums: torch.Tensor | None = None
         self.first_step: int | None = None
+        # Per term, the first step it was non-finite (inf while finite): once one term's NaN reaches the
+        # weights every term turns NaN, so the sums alone cannot say which term diverged first.
+        self.first_bad: torch.Tensor | None = None
 
     def add(self, terms: dict[str, torch.Tensor], step: int) -> None:
         values = torch.stack([v.detach().float() for v in terms.values()])
+        bad_at = torch.where(values.isfinite(), float("inf"), float(step))
         if self.sums is None:
-            self.keys, self.sums, self.first_step = list(terms), values, step
+            self.keys, self.sums, self.first_step, self.first_bad = list(terms), values, step, bad_at
         else:
             self.sums += values
+            self.first_bad = torch.minimum(self.first_bad, bad_at)
 
-    def read(self) -> tuple[dict[str, float], int | None]:
-        """(sums since the last read, the first step they cover); empty when nothing was added."""
+    def read(self) -> tuple[dict[str, float], int | None, dict[str, float]]:
+        """(sums since the last read, the first step they cover, per term the first step it was non-finite or
+        inf); empty when nothing was added."""
         if self.sums is None:
-            return {}, None
-        out, first = dict(zip(self.keys, self.sums.tolist())), self.first_step
-        self.sums, self.first_step = None, None
-        return out, first
+            return {}, None, {}
+        both = torch.stack([self.sums, self.first_bad]).tolist()  # one transfer
+        out, first, bad_at = dict(zip(self.keys, both[0])), self.first_step, dict(zip(self.keys, both[1]))
+        self.sums, self.first_step, self.first_bad = None, None, None
+        return out, first, bad_at

@@ -170,10 +170,10 @@ class Trainer:
 
     def _read_losses(self, meter: LossMeter, epoch: int, progress, lr: float) -> None:
         """Bring the summed loss terms to the host; stop before a non-finite one reaches a checkpoint."""
-        sums, first = meter.read()
+        sums, first, bad_at = meter.read()
         if not sums:
             return
-        bad = [key for key, value in sums.items() if key != "loss" and not math.isfinite(value)]
+        bad = sorted((key for key, value in sums.items() if key != "loss" and not math.isfinite(value)), key=bad_at.get)
         if bad or not math.isfinite(sums["loss"]):
             term, last = (bad[0] if bad else "loss"), self.state.step
             where = f"at step {last}" if first == last else f"between steps {first} and {last}"
