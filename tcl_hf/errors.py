@@ -1,5 +1,10 @@
 """Errors meant for the user: the command line prints them as one line, without a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
 from pathlib import Path
+from typing import Callable
 
 
 class TCLError(Exception):
@@ -20,3 +25,16 @@ class StopRequested(Exception):
     def __init__(self, checkpoint: Path):
         super().__init__(str(checkpoint))
         self.checkpoint = checkpoint
+
+
+def run_command(work: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+                argv: list[str] | None) -> int:
+    """A command's exit code: 0 once ``work`` is done with the parsed ``argv``, or 2 after printing a TCLError as
+    one line on stderr."""
+    args = parser.parse_args(argv)
+    try:
+        work(args)
+    except TCLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

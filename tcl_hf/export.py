@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from timm.models import save_for_hf
 
 from .card import LOCAL_LOAD_REF, model_card, public_config
 from .data.contract import InputContract
-from .errors import TCLError
+from .errors import TCLError, run_command
 from .hub import PROTOTYPES_KEY, TCL_CONFIG, TCL_WEIGHTS, push_folder
 from .models import TCLModel, classifier_from_tcl
 from .report import label_issues, make_plots, write_label_issues
@@ -145,18 +144,16 @@ def _summary(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _export(args: argparse.Namespace) -> None:
+    published = publish_run(finished_run(args.run_dir), repo_id=args.push)
+    print(f"exported {published.hub_dir}, {published.label_issues} and {len(published.plots)} plot(s)")
+    if args.push:
+        url = push_folder(published.hub_dir, args.push, private=args.private, revision=args.revision)
+        print(f"pushed {published.hub_dir} to {url}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        published = publish_run(finished_run(args.run_dir), repo_id=args.push)
-        print(f"exported {published.hub_dir}, {published.label_issues} and {len(published.plots)} plot(s)")
-        if args.push:
-            url = push_folder(published.hub_dir, args.push, private=args.private, revision=args.revision)
-            print(f"pushed {published.hub_dir} to {url}")
-    except TCLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(_export, _parser(), argv)
 
 
 if __name__ == "__main__":

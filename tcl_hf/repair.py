@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from .card import METHOD_TEXT
-from .errors import TCLError
+from .errors import TCLError, run_command
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, SUMMARY_FILE
 
 TEMPLATE = Path(__file__).parent / "templates" / "dataset_card.md"
@@ -215,23 +214,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _repair(args: argparse.Namespace) -> None:
     from .hub import push_folder
 
-    args = _parser().parse_args(argv)
-    try:
-        done = repair_run(args.run_dir, args.out, drop_below=args.drop_below, repo_id=args.push)
-        counts = done.counts
-        print(f"wrote {done.folder}: {counts['kept']} of {counts['rows']} training samples ({counts['relabelled']} "
-              f"relabelled, {counts['dropped']} dropped below {args.drop_below}, {counts['unreadable']} unreadable)")
-        if args.push:
-            url = push_folder(done.folder, args.push, private=args.private, repo_type="dataset",
-                              commit_message="Upload repaired dataset (tcl_hf)")
-            print(f"pushed {done.folder} to {url}")
-    except TCLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    done = repair_run(args.run_dir, args.out, drop_below=args.drop_below, repo_id=args.push)
+    counts = done.counts
+    print(f"wrote {done.folder}: {counts['kept']} of {counts['rows']} training samples ({counts['relabelled']} "
+          f"relabelled, {counts['dropped']} dropped below {args.drop_below}, {counts['unreadable']} unreadable)")
+    if args.push:
+        url = push_folder(done.folder, args.push, private=args.private, repo_type="dataset",
+                          commit_message="Upload repaired dataset (tcl_hf)")
+        print(f"pushed {done.folder} to {url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_repair, _parser(), argv)
 
 
 if __name__ == "__main__":
