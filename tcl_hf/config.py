@@ -34,8 +34,8 @@ def _batch_size(v):
     return None if v >= 2 else "must be >= 2: BatchNorm needs at least two samples per batch"
 
 
-def _repo_id(v):
-    """A Hub model repo as namespace/name, valid by huggingface_hub's own rules."""
+def repo_id_problem(v: str | None) -> str | None:
+    """What is wrong with a Hub repo id (namespace/name, by huggingface_hub's own rules), or None."""
     if v is None:
         return None
     from huggingface_hub.errors import HFValidationError
@@ -199,7 +199,8 @@ class LogConfig:
 
 @dataclass
 class HubConfig:
-    repo_id: Optional[str] = option(None, _repo_id, "push the exported classifier to this Hub repo (namespace/name)")
+    repo_id: Optional[str] = option(None, repo_id_problem,
+                                    "push the exported classifier to this Hub repo (namespace/name)")
     private: bool = option(False)
     revision: Optional[str] = option(None, help="branch to push to")
 

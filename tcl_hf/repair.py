@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from .card import METHOD_TEXT
+from .config import repo_id_problem
 from .errors import TCLError, run_command
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, SUMMARY_FILE
 
@@ -187,16 +188,10 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
 
 
 def _repo_id(value: str) -> str:
-    """A Hub dataset repo as namespace/name, checked before any work (huggingface_hub's own rules)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(value)
-    except HFValidationError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a valid Hub repo id ({str(exc).splitlines()[0]})")
-    if value.count("/") != 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be namespace/name (your user or organisation, then a name)")
+    """A Hub dataset repo id, checked before any work by the same rule as ``hub.repo_id``."""
+    problem = repo_id_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value!r} {problem}")
     return value
 
 
