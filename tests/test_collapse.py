@@ -178,6 +178,14 @@ def test_fixed_warmup_is_judged_from_its_first_tcl_epoch():
     assert monitor.summary() == {"tcl_from_epoch": 3, "collapsed_epoch": 3}
 
 
+@pytest.mark.parametrize("scales, advised", [((), True), (("tcl.scale1=1", "tcl.scale2=1"), False),
+                                             (("tcl.scale2=1",), True)])
+def test_the_line_advises_fixed_scales_only_while_one_follows_the_estimate(scales, advised):
+    monitor, _, _ = _monitor("optim.warmup_epochs=3", *scales)
+    line = monitor.after_epoch(3, {"clean_ratio_est": 0.5}, T([0] * 8), GIVEN)
+    assert line.startswith("TCL collapsed at epoch 3") and ("set tcl.scale1=1 tcl.scale2=1" in line) == advised
+
+
 def test_ce_signals_are_logged_never_judged():
     monitor, st, _ = _monitor("method=ce", "optim.warmup_epochs=auto")
     record = {"clean_ratio_est": 0.01}

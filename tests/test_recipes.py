@@ -46,6 +46,8 @@ def test_paper_recipes_pin_the_reference_objective_and_precision(recipe, tmp_pat
     cfg = load_config(recipe, _paths_that_exist(recipe, tmp_path))
     # The reference's 1/W contrastive gradient on its W = 4 GPUs, with our exact gather (spec section 3).
     assert cfg.tcl.lambda_con == (1.0 if cfg.method == "tcl_plus" else 0.25)
+    # The reference's fixed warm-up, so numbers compare (not optim.warmup_epochs=auto).
+    assert isinstance(cfg.optim.warmup_epochs, int)
     # fp32 as the reference, whatever an accelerate config file says; the command line can still choose bf16.
     assert cfg.train.mixed_precision == "no"
     assert load_config(recipe, [*_paths_that_exist(recipe, tmp_path),
@@ -55,6 +57,12 @@ def test_paper_recipes_pin_the_reference_objective_and_precision(recipe, tmp_pat
 def test_quickstart_leaves_precision_to_the_launcher():
     cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
     assert cfg.train.mixed_precision is None and cfg.tcl.lambda_con == 1.0
+
+
+def test_quickstart_guards_against_collapse():
+    # The settings README "Your own dataset" recommends, in the recipe users start from.
+    cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    assert cfg.optim.warmup_epochs == "auto" and (cfg.tcl.scale1, cfg.tcl.scale2) == (1.0, 1.0)
 
 
 def test_every_paper_cifar_setting_has_a_tcl_plus_recipe():
