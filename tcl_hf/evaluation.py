@@ -21,7 +21,9 @@ def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tens
         sim = query[start:start + chunk].float() @ bank.float().T
         top_sim, top_idx = sim.topk(k, dim=1)
         votes = torch.zeros(top_idx.shape[0], num_classes, device=query.device)
-        votes.scatter_add_(1, bank_labels[top_idx], (top_sim / temperature).exp())
+        # Relative to each query's nearest neighbour (a constant factor per row leaves the vote unchanged):
+        # exp(sim / T) itself overflows float32 for T below ~0.011.
+        votes.scatter_add_(1, bank_labels[top_idx], ((top_sim - top_sim[:, :1]) / temperature).exp())
         preds.append(votes.argmax(dim=1))
     return torch.cat(preds)
 
