@@ -45,10 +45,14 @@ def cifar_n_dir() -> Path:
     return shared_path("cifar-n")
 
 
-@pytest.fixture
-def fresh_accelerate():
-    """Forget any accelerate process state left by an earlier test, so a Trainer starts as in a new process."""
+def reset_accelerate() -> None:
+    """Forget any accelerate process state left by an earlier run, so a Trainer starts as in a new process."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate():
+    reset_accelerate()

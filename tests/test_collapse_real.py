@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import shared_path
+from conftest import reset_accelerate, shared_path
 
 from tcl_hf.collapse import CollapseStop
 from tcl_hf.config import load_config
@@ -32,16 +32,12 @@ QUICKSTART_GUARDS = ["optim.warmup_epochs=auto", "tcl.scale1=1", "tcl.scale2=1"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict]:
-    from accelerate.state import AcceleratorState, GradientState
-
     data, labels = shared_path("cifar10"), shared_path("cifar-n", "CIFAR-10_human.pt")
     root = tmp_path_factory.mktemp("collapse_real")
     found = {}
     for name, extra in [("reference", ["optim.warmup_epochs=2", "train.on_collapse=stop"]),
                         ("quickstart", QUICKSTART_GUARDS), ("ce", ["method=ce", "optim.warmup_epochs=2"])]:
-        # Each run starts as in a new process.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
         out = root / name
         cfg = load_config(None, [*BUDGET, f"data.path={data}", f"noise.file={labels}", f"output_dir={out}", *extra])
         summary, stopped = None, None
