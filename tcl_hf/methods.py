@@ -62,6 +62,10 @@ class Method:
     def after_step(self, model: torch.nn.Module) -> None:
         """Called after each optimizer step."""
 
+    def sync_processes(self) -> None:
+        """Called on every process after an epoch's steps: makes what each process updated on its own identical
+        everywhere before the EM step, the evaluation and the outputs read it."""
+
     def network(self, model: torch.nn.Module) -> torch.nn.Module:
         """The network the EM step, the evaluation and the export use (the trained one)."""
         return model
@@ -167,11 +171,14 @@ class TCLPlus(CrossEntropy):
         else:
             torch._foreach_lerp_(teacher, student, 1 - self.plus.ema)
 
+    def sync_processes(self) -> None:
+        # Each process's teacher tracked its own batches' BN statistics: rank 0's is the one checkpointed.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buffer in self.teacher.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
     def network(self, model: torch.nn.Module) -> torch.nn.Module:
         # The reference evaluates its teacher (eval mode, its own BN statistics), so the run reports and publishes it.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for buffer in self.teacher.buffers():  # one teacher on every process: rank 0's, the one checkpointed
-                torch.distributed.broadcast(buffer, 0)
         return self.teacher
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -162,6 +162,7 @@ class Trainer:
                 raise StopRequested(self.save_checkpoint())
             if self._max_steps_reached():
                 break
+        self.method.sync_processes()
         self._read_losses(meter, epoch, progress, lr)
         st.train_seconds += time.perf_counter() - start
         keys, local = st.pop_loss_means()
