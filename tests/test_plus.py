@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -318,3 +320,28 @@ def test_tcl_plus_stopped_and_resumed_matches_uninterrupted(chain, tmp_path, mon
     resumed = Trainer(load_config(None, [*cfg, "train.resume=true"])).train()
     for key in COMPARED:
         assert resumed[key] == pytest.approx(chain.plus[key], abs=1e-6), key
+
+
+def _job_in_each_process(args: list[str]) -> None:
+    from tcl_hf.job import run_job
+
+    run_job(load_config(None, args))
+
+
+@pytest.mark.slow
+def test_tcl_plus_job_ends_cleanly_in_two_processes(chain, tmp_path):
+    # The main process alone publishes: nothing it reads then may wait for the other process (the teacher's
+    # statistics are made one at each epoch's end). A fresh interpreter: forking pytest's would copy its thread pool.
+    out = tmp_path / "plus"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, __file__, json.dumps([*chain.cfg, "train.epochs=1", f"output_dir={out}"])],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["num_processes"] == 2 and (out / "hub").is_dir()
+
+
+if __name__ == "__main__":
+    from accelerate import debug_launcher
+
+    debug_launcher(_job_in_each_process, args=(json.loads(sys.argv[1]),), num_processes=2)
