@@ -102,10 +102,11 @@ def run_state(folder: Path) -> str:
 def _differences(run: PlannedRun) -> list[str]:
     """The keys in which the run saved in ``run.folder`` differs from the planned one."""
     from .config import load_config, to_dict
-    from .rundir import read_saved_config, run_differences
+    from .rundir import OUTCOME_NEUTRAL, read_saved_config, run_differences
 
     saved = read_saved_config(run.folder, "output_dir")
-    return run_differences(saved, to_dict(load_config(run.recipe, run.overrides)))
+    # A finished run's length counts too (a resume may change it, a table may not mix it).
+    return run_differences(saved, to_dict(load_config(run.recipe, run.overrides)), OUTCOME_NEUTRAL)
 
 
 def _check_finished(run: PlannedRun) -> None:

@@ -113,14 +113,16 @@ def test_table_counts_only_finished_runs_with_the_sweeps_settings(tmp_path):
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------
-def test_a_finished_run_with_other_settings_stops_the_sweep_in_one_line(tmp_path, capsys):
+# A resume may extend train.epochs, but a finished run of another length is not the run asked for.
+@pytest.mark.parametrize("setting", ["noise.rate=0.2", "train.epochs=7"])
+def test_a_finished_run_with_other_settings_stops_the_sweep_in_one_line(tmp_path, capsys, setting):
     path = recipe(tmp_path, "mine")
     out = tmp_path / "sweep"
     folder = finish(out, path, 0, {"test_acc": 0.5})
     before = digest(folder)
-    assert sweep.main([str(path), "--seeds", "0", "--out", str(out), "noise.rate=0.2"]) == 2
+    assert sweep.main([str(path), "--seeds", "0", "--out", str(out), setting]) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "mine/seed0" in line and "other settings" in line and "noise.rate" in line
+    assert "mine/seed0" in line and "other settings" in line and setting.split("=")[0] in line
     assert digest(folder) == before
     assert table_row((out / "sweep.md").read_text(), "mine").startswith("| mine | 0/1 |")
 

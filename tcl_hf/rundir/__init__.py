@@ -8,13 +8,14 @@ mistaken for a good one.
 """
 from .checkpoints import (checkpoint_dirs, checkpoint_name, checkpoint_problem, load_newest_checkpoint, newest_intact,
                           write_checkpoint, write_manifest)
-from .folder import (append_metrics, atomic_write_text, check_reuse, check_writable, clear_previous_outputs,
-                     existing_outputs, read_metrics, read_saved_config, run_differences, trim_metrics)
+from .folder import (OUTCOME_NEUTRAL, append_metrics, atomic_write_text, check_reuse, check_writable,
+                     clear_previous_outputs, existing_outputs, read_metrics, read_saved_config, run_differences,
+                     trim_metrics)
 from .lock import RunLock, lock_run_folder
 from .names import (CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, LABEL_ISSUES_FILE, LOCK_FILE, MANIFEST_FILE, METRICS_FILE,
                     PLOTS_DIR, REPAIRED_DIR, RUN_OUTPUTS, SUMMARY_FILE)
 
-__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "HUB_DIR", "LABEL_ISSUES_FILE", "LOCK_FILE", "MANIFEST_FILE",
+__all__ = ["OUTCOME_NEUTRAL", "CHECKPOINTS_DIR", "CONFIG_FILE", "HUB_DIR", "LABEL_ISSUES_FILE", "LOCK_FILE", "MANIFEST_FILE",
            "METRICS_FILE", "PLOTS_DIR", "REPAIRED_DIR", "RUN_OUTPUTS", "SUMMARY_FILE", "RunLock", "append_metrics",
            "atomic_write_text",
            "check_reuse", "check_writable", "checkpoint_dirs", "checkpoint_name", "checkpoint_problem",

@@ -13,8 +13,11 @@ from ..errors import ConfigError, TCLError
 from .names import CONFIG_FILE, METRICS_FILE, RUN_OUTPUTS
 
 # Keys a resumed run may change without becoming a different run.
-RESUMABLE_CHANGES = ("output_dir", "train.resume", "train.epochs", "train.max_steps", "data.num_workers", "overwrite",
-                     "train.eval_batch_size", "train.checkpoints_to_keep")
+# Settings that never change what a run computes (with the prefixes below): a finished run stays comparable.
+OUTCOME_NEUTRAL = ("output_dir", "train.resume", "data.num_workers", "overwrite", "train.eval_batch_size",
+                   "train.checkpoints_to_keep")
+# A resume may also lengthen the schedule.
+RESUMABLE_CHANGES = (*OUTCOME_NEUTRAL, "train.epochs", "train.max_steps")
 
 RESUMABLE_PREFIXES = ("log.", "hub.")
 
@@ -44,12 +47,12 @@ def read_saved_config(output_dir: Path, key: str) -> dict:
                           f"move the folder aside or choose another output_dir")
     return tree
 
-def run_differences(saved: dict, current: dict) -> list[str]:
-    """Keys (dotted) whose values differ between two config dicts, ignoring those a resume may change."""
+def run_differences(saved: dict, current: dict, ignored: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+    """Keys (dotted) whose values differ between two config dicts, leaving out ``ignored`` (by default those a
+    resume may change) and the logging and Hub keys."""
     a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES
-            and not k.startswith(RESUMABLE_PREFIXES)]
+    return [k for k in keys if a.get(k) != b.get(k) and k not in ignored and not k.startswith(RESUMABLE_PREFIXES)]
 
 def check_reuse(output_dir: Path, resume: bool, overwrite: bool, config: dict) -> None:
     """Refuse, before any work, to mix two runs in one folder; nothing is removed here.
