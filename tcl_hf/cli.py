@@ -5,7 +5,7 @@ import os
 import shlex
 import sys
 
-from .errors import StopRequested, TCLError
+from .errors import StopRequested, TCLError, one_line
 
 USAGE = "usage: train.py RECIPE.yaml [key=value ...]   (e.g. train.epochs=10 model.backbone=resnet18)"
 
@@ -19,15 +19,6 @@ def resume_command(argv: list[str]) -> str:
     """The command that continues this run: the same arguments plus train.resume=true."""
     args = [a for a in argv if not a.startswith(("train.resume=", "overwrite="))] + ["train.resume=true"]
     return shlex.join([os.path.basename(sys.argv[0]) or "train.py", *args])
-
-
-def one_line(exc: Exception) -> str:
-    """The user-facing line of an error; one raised in a loader worker arrives wrapped in the
-    worker's traceback, with the original message as its last line."""
-    lines = str(exc).strip().splitlines()
-    last = lines[-1] if lines else type(exc).__name__
-    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,15 @@ class StopRequested(Exception):
         self.checkpoint = checkpoint
 
 
+def one_line(exc: Exception) -> str:
+    """The user-facing line of an error; one raised in a loader worker arrives wrapped in the
+    worker's traceback, with the original message as its last line."""
+    lines = str(exc).strip().splitlines()
+    last = lines[-1] if lines else type(exc).__name__
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def run_command(work: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
                 argv: list[str] | None) -> int:
     """A command's exit code: 0 once ``work`` is done with the parsed ``argv``, or 2 after printing a TCLError as
@@ -35,6 +44,6 @@ def run_command(work: Callable[[argparse.Namespace], None], parser: argparse.Arg
     try:
         work(args)
     except TCLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StopRequested, TCLError
+from .errors import StopRequested, TCLError, one_line
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, SUMMARY_FILE, atomic_write_text
 
 # TCL's published test accuracy (%) by recipe stem: spec section 8 (the paper's Table 2 for CIFAR; WebVision:
@@ -153,8 +153,6 @@ def run_all(runs: list[PlannedRun], say=print) -> None:
         try:
             run_job(load_config(run.recipe, run.overrides + extra), keep_process_group=True)
         except TCLError as exc:
-            from .cli import one_line
-
             raise TCLError(f"{run.name}: {one_line(exc)}") from None
 
 
@@ -252,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import _is_main_process, one_line
+    from .cli import _is_main_process
 
     # Intermixed: keys may come after --seeds/--out as well as before.
     args = _parser().parse_intermixed_args(argv)
