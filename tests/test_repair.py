@@ -264,7 +264,13 @@ def write_parquet_source(folder: Path, images: Path, n: int) -> np.ndarray:
     return labels
 
 
-def test_hf_source_keeps_every_column_and_adds_the_noisy_labels(tmp_path):
+def test_hf_source_keeps_every_column_and_adds_the_noisy_labels(tmp_path, monkeypatch):
+    import tcl_hf.data.hf
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the repair decoded a split: it needs only labels and rows")
+
+    monkeypatch.setattr(tcl_hf.data.hf, "decode_split", no_decoding)
     source = tmp_path / "shop_photos"
     truth = write_parquet_source(source, tmp_path / "images", n=24)
     given = symmetric_noise(truth, 0.5, 4, seed=3)
