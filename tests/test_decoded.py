@@ -74,10 +74,13 @@ def test_a_file_cut_short_by_a_killed_writer_is_decoded_again(on_disk, decodes, 
     assert len(decodes) == 12 and torch.equal(got, expected)
 
 
-def test_a_split_in_memory_only_is_decoded_without_files(decodes, tmp_path):
+def test_a_split_in_memory_only_is_decoded_without_files(decodes):
     import datasets
 
     split = datasets.Dataset.from_dict({"img": [Image.new("RGB", (12, 12), (9, 8, 7))] * 2},
                                        features=datasets.Features({"img": datasets.Image()}))
     got, ok = decoded.decode_split(split, "img", DECODING, "error", 10**6)
     assert len(decodes) == 2 and ok.all() and got[:, 0].eq(9).all()
+    assert decoded._cache_paths(split, "img", DECODING, "error", 10**6) is None  # nowhere to write one
+    got, ok = decoded.decode_split(split, "img", DECODING, "error", 10**6)
+    assert len(decodes) == 4  # nothing kept between calls: decoded again

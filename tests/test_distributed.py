@@ -229,9 +229,6 @@ def test_default_sync_bn_works_on_cpu_processes(launched):
     assert status(launched, "syncbn") == "ok"
 
 
-if __name__ == "__main__":
-    launch_all(sys.argv[1], sys.argv[2])
-
 
 @pytest.mark.parametrize("world, seen, refused", [("2", 1, True), ("2", 2, False), ("1", 1, False), ("", 1, False)])
 def test_a_launch_accelerate_does_not_see_is_refused_in_one_line(world, seen, refused, monkeypatch):
@@ -246,3 +243,7 @@ def test_a_launch_accelerate_does_not_see_is_refused_in_one_line(world, seen, re
             check_launch(SimpleNamespace(num_processes=seen))
     else:
         check_launch(SimpleNamespace(num_processes=seen))
+
+
+if __name__ == "__main__":
+    launch_all(sys.argv[1], sys.argv[2])

@@ -5,7 +5,6 @@ every expected value is known without the code under test; one trains a tiny run
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -49,11 +48,6 @@ def files_containing(folder: Path, text: str) -> list[str]:
     """Files under ``folder`` whose bytes contain ``text`` (binary-safe: parquet included)."""
     needle = text.encode()
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes())
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write_run(run_dir: Path, overrides: list[str], given: np.ndarray, clean: np.ndarray | None, seed: int = 0,
