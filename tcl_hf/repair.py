@@ -26,9 +26,6 @@ from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, SUMMARY_FILE
 
 TEMPLATE = Path(__file__).parent / "templates" / "dataset_card.md"
 
-# Recognises a folder written by the repair (only such a folder is replaced by a new one).
-REPAIR_TAG = "tcl-hf-repaired"
-
 # The card's loading example for a folder that was not pushed: where it sits is the reader's business.
 LOCAL_LOAD_REF = "path/to/this/folder"
 
@@ -107,7 +104,7 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
 
     from .card import _dataset, _fmt, _noise_text, _value
     from .detector import CLEAN_THRESHOLD
-    from .repaired import hub_revision, label_accuracy
+    from .repaired import REPAIR_TAG, hub_revision, label_accuracy
 
     data, method = config["data"], config.get("method", "tcl")
     name, _, hub_id = _dataset(data)
@@ -157,7 +154,7 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
     out = Path(out) if out is not None else run_dir / REPAIRED_DIR
     if not 0.0 <= drop_below <= 1.0:
         raise TCLError(f"--drop-below: {drop_below} must be in [0, 1] (a clean probability)")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_repaired_folder(out, REPAIR_TAG))):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_repaired_folder(out))):
         raise TCLError(f"--out: {out} exists and is not a dataset written by tcl_hf.repair; choose another --out")
     cfg = _run_config(run_dir)
     # Writing into the run folder: hold its lock, so a run resumed or overwritten there cannot interleave.

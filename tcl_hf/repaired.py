@@ -56,6 +56,10 @@ class Verdicts:
     counts: dict                   # rows, kept, dropped, unreadable, relabelled
 
 
+# The tag a repaired dataset's card carries: what tells a folder a repair may replace.
+REPAIR_TAG = "tcl-hf-repaired"
+
+
 # ---- the training split as the run saw it ------------------------------------------------------------------------
 def training_split(cfg) -> TrainingSplit:
     """Rebuild the run's training split with the trainer's loader and noise (same data.* and noise.* keys,
@@ -161,7 +165,7 @@ def repaired_rows(split: TrainingSplit, found: Verdicts):
     return rows, columns
 
 
-def write_parquet(rows, columns: dict, folder: Path, scratch: Path) -> list[Path]:
+def write_parquet(rows, columns: dict, folder: Path, scratch: Path) -> None:
     """Write ``rows`` plus ``columns`` to ``folder/data/train-XXXXX-of-YYYYY.parquet`` as push_to_hub shards a
     split: every image's bytes embedded (a local file's path cut to its base name, so the files hold no local
     path and load anywhere), shards of at most datasets' MAX_SHARD_SIZE. ``scratch`` takes the embedded copy."""
@@ -193,12 +197,9 @@ def write_parquet(rows, columns: dict, folder: Path, scratch: Path) -> list[Path
     shards = max(1, math.ceil(embedded.data.nbytes / convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)))
     out = folder / DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
     for k in range(shards):
         path = out / f"train-{k:05d}-of-{shards:05d}.parquet"
         embedded.shard(num_shards=shards, index=k, contiguous=True).to_parquet(str(path), batch_size=batch_size)
-        paths.append(path)
-    return paths
 
 
 def label_accuracy(labels: np.ndarray, truth: np.ndarray) -> str:
@@ -207,9 +208,9 @@ def label_accuracy(labels: np.ndarray, truth: np.ndarray) -> str:
     return f"{right / len(truth):.4f} ({right}/{len(truth)})" if len(truth) else "n/a"
 
 
-def is_repaired_folder(folder: Path, tag: str) -> bool:
-    """Whether ``folder`` holds a dataset written by this module (its card carries ``tag``): only such a folder
-    may be replaced by a new repair."""
+def is_repaired_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a dataset written by this module (its card carries ``REPAIR_TAG``): only such a
+    folder may be replaced by a new repair."""
     from huggingface_hub import DatasetCard
 
     card = folder / "README.md"
@@ -219,4 +220,4 @@ def is_repaired_folder(folder: Path, tag: str) -> bool:
         tags = DatasetCard.load(card).data.tags or []
     except Exception:  # a README that is not a dataset card: not ours
         return False
-    return tag in tags and set(os.listdir(folder)) <= {"README.md", "data"}
+    return REPAIR_TAG in tags and set(os.listdir(folder)) <= {"README.md", "data"}
