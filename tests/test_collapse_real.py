@@ -30,16 +30,15 @@ BUDGET = ["data.limit=1000", "data.image_size=16", "model.backbone=preact_resnet
 QUICKSTART_GUARDS = ["optim.warmup_epochs=auto", "tcl.scale1=1", "tcl.scale2=1"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, dict]:
-    data, labels = shared_path("cifar10"), shared_path("cifar-n", "CIFAR-10_human.pt")
-    root = tmp_path_factory.mktemp("collapse_real")
+def budget_runs(data: Path, labels: Path, root: Path, seed: int = 0) -> dict[str, dict]:
+    """The three runs on one budget (also run over seeds by bench/outcome_margins.py)."""
     found = {}
     for name, extra in [("reference", ["optim.warmup_epochs=2", "train.on_collapse=stop"]),
                         ("quickstart", QUICKSTART_GUARDS), ("ce", ["method=ce", "optim.warmup_epochs=2"])]:
         reset_accelerate()
         out = root / name
-        cfg = load_config(None, [*BUDGET, f"data.path={data}", f"noise.file={labels}", f"output_dir={out}", *extra])
+        cfg = load_config(None, [*BUDGET, f"data.path={data}", f"noise.file={labels}", f"output_dir={out}",
+                                 f"seed={seed}", *extra])
         summary, stopped = None, None
         try:
             summary = Trainer(cfg).train()
@@ -48,6 +47,12 @@ def runs(tmp_path_factory) -> dict[str, dict]:
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         found[name] = {"summary": summary, "stopped": stopped, "records": records}
     return found
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, dict]:
+    data, labels = shared_path("cifar10"), shared_path("cifar-n", "CIFAR-10_human.pt")
+    return budget_runs(data, labels, tmp_path_factory.mktemp("collapse_real"))
 
 
 def test_reference_settings_collapse_and_the_run_stops_with_its_line(runs):

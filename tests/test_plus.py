@@ -245,18 +245,23 @@ def _job(trainer: Trainer) -> dict:
     return summary
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    tcl_dir, plus_dir = tmp_path_factory.mktemp("tcl"), tmp_path_factory.mktemp("plus")
-    tcl = _job(Trainer(load_config(None, [*TINY, "train.epochs=2", "optim.warmup_epochs=1",
+def make_chain(tcl_dir: Path, plus_dir: Path, seed: int = 0) -> SimpleNamespace:
+    """A two-epoch TCL run, then TCL+ from it (also run over seeds by bench/outcome_margins.py)."""
+    tcl = _job(Trainer(load_config(None, [*TINY, "train.epochs=2", "optim.warmup_epochs=1", f"seed={seed}",
                                           f"output_dir={tcl_dir}"])))
     # Two epochs of TCL leave its assignments near uniform: a threshold at their 80th percentile makes TCL+
     # relabel about a fifth of the samples, so the chain exercises the relabelling.
     top = safetensors.torch.load_file(str(newest_intact(tcl_dir) / RUN_STATE_TENSORS))["assignments"].max(dim=1)
-    cfg = [*TINY, *PLUS, f"plus.threshold={float(torch.quantile(top.values, 0.8)):.4f}", f"init.from={tcl_dir}"]
+    cfg = [*TINY, *PLUS, f"plus.threshold={float(torch.quantile(top.values, 0.8)):.4f}", f"init.from={tcl_dir}",
+           f"seed={seed}"]
     trainer = Trainer(load_config(None, [*cfg, f"output_dir={plus_dir}"]))
     plus = _job(trainer)
     return SimpleNamespace(tcl=tcl, tcl_dir=tcl_dir, plus=plus, plus_dir=plus_dir, trainer=trainer, cfg=cfg)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    return make_chain(tmp_path_factory.mktemp("tcl"), tmp_path_factory.mktemp("plus"))
 
 
 @pytest.mark.slow

@@ -1,8 +1,15 @@
-"""The training loop's budget keys: gradient accumulation, max_steps, the CE baseline."""
+"""The training loop's budget keys: gradient accumulation, max_steps, the CE baseline; a short run that learns,
+and the broken trainers its checks catch."""
+import contextlib
 import json
+from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
+from accelerate.optimizer import AcceleratedOptimizer
 
+from tcl_hf import trainer as trainer_module
 from tcl_hf.config import load_config
 from tcl_hf.job import run_job
 
@@ -38,14 +45,59 @@ def test_ce_baseline_trains_with_noisy_labels_only(tmp_path):
     assert "loss_con" not in summary and summary["loss"] == pytest.approx(summary["loss_cls"])
 
 
+# A short healthy run (the quickstart's views on 480 digits, 40 % of the labels flipped, three warm-up epochs at a
+# moderate lr). At lr 0.4 and two epochs the classifier sat on the edge of a collapse and float rounding decided
+# the outcome on other CPUs (issue 22); these settings were chosen with bench/outcome_margins.py, whose table of
+# worst values over seeds 0-4 lives in BENCHMARKS.md ("Outcome tests").
+SHORT_RUN = [*TINY, "data.limit=480", "train.batch_size=32", "train.epochs=3", "optim.warmup_epochs=3",
+             "optim.lr=0.1", "aug.crop_padding=2", "aug.strong_scale_min=0.5", "aug.hflip=false"]
+# (metric, threshold, chance): the loss must fall below 0.95 of its first epoch, the EM step must rank the flipped
+# labels well above chance (AUC 0.5; an untrained network gives about that), the kNN monitor far above chance.
+SHORT_RUN_CHECKS = (("loss_ratio", 0.95, 1.0), ("noise_auc", 0.7, 0.5), ("knn_acc", 0.6, 0.1))
+
+
+def short_run_outcome(out_dir: Path) -> dict[str, float]:
+    """The values the checks read, from a finished short run's summary and metrics."""
+    summary = json.loads((out_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"loss_ratio": records[-1]["loss"] / records[0]["loss"], "noise_auc": summary["noise_auc"],
+            "knn_acc": summary["knn_acc"]}
+
+
+def short_run_failures(outcome: dict[str, float]) -> list[str]:
+    """The checks an outcome fails; a check whose threshold lies below chance must stay below it."""
+    return [f"{name} {outcome[name]:.3f} vs {limit}" for name, limit, chance in SHORT_RUN_CHECKS
+            if (outcome[name] <= limit if limit > chance else outcome[name] >= limit)]
+
+
+@contextlib.contextmanager
+def planted_bug(name: str):
+    """A broken trainer the short-run checks must catch: the given labels shuffled across images, or the
+    optimizer step removed."""
+    if name == "shuffled_labels":
+        real = trainer_module.training_labels
+
+        def shuffled(*args, **kwargs):
+            given, clean = real(*args, **kwargs)
+            return given[torch.randperm(len(given), generator=torch.Generator().manual_seed(0))], clean
+
+        with mock.patch.object(trainer_module, "training_labels", shuffled):
+            yield
+    elif name == "no_optimizer_step":
+        with mock.patch.object(AcceleratedOptimizer, "step", lambda self, *args, **kwargs: None):
+            yield
+    else:
+        raise ValueError(name)
+
+
 def test_a_short_run_learns_the_labels_it_was_given(tmp_path):
-    # What a broken trainer (no update, wrong targets, shuffled labels, a dead EM step) fails: with 40 % of the
-    # labels flipped, two epochs make the loss fall and the EM step rank the flipped labels well above chance
-    # (AUC 0.5; an untrained network gives about that), and the kNN monitor far above chance (0.1).
-    # The quickstart's views: digits are neither flipped nor heavily cropped.
-    summary = run_job(load_config(None, [*TINY, "data.limit=480", "train.batch_size=32", "train.epochs=2",
-                                         "optim.warmup_epochs=2", "optim.lr=0.4", "aug.crop_padding=2",
-                                         "aug.strong_scale_min=0.5", "aug.hflip=false", f"output_dir={tmp_path}"]))
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["loss"] < 0.95 * records[0]["loss"]
-    assert summary["noise_auc"] > 0.7 and summary["knn_acc"] > 0.6, summary
+    run_job(load_config(None, [*SHORT_RUN, f"output_dir={tmp_path}"]))
+    outcome = short_run_outcome(tmp_path)
+    assert short_run_failures(outcome) == [], outcome
+
+
+@pytest.mark.parametrize("bug", ["shuffled_labels", "no_optimizer_step"])
+def test_the_short_run_checks_catch_a_broken_trainer(tmp_path, bug, fresh_accelerate):
+    with planted_bug(bug):
+        run_job(load_config(None, [*SHORT_RUN, f"output_dir={tmp_path}"]))
+    assert short_run_failures(short_run_outcome(tmp_path)) != []
