@@ -198,6 +198,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def read_recipe(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe file {str(path)!r} is a folder; a recipe is a YAML file (see recipes/)")
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
     try:
