@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from fixtures import files_naming, machine_paths
 
 from tcl_hf.config import load_config
 from tcl_hf.job import run_job
@@ -36,6 +37,7 @@ def test_ce_baseline_trains_with_noisy_labels_only(tmp_path):
     summary = run_job(load_config(None, [*TINY, "method=ce", "train.epochs=1", f"output_dir={tmp_path}"]))
     assert set(summary) >= {"loss", "loss_cls", "test_acc", "noise_auc"}
     assert "loss_con" not in summary and summary["loss"] == pytest.approx(summary["loss_cls"])
+    assert files_naming(tmp_path / "hub", str(tmp_path.parent), *machine_paths()) == []  # nothing local published
 
 
 def test_a_short_run_learns_the_labels_it_was_given(tmp_path):
