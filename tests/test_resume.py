@@ -110,6 +110,12 @@ def test_a_resume_without_a_checkpoint_redoes_the_records_of_the_killed_start(un
     _assert_same(summary, resumed)
 
 
+def test_every_value_of_the_run_state_has_its_type_and_range():
+    from tcl_hf.state import RunState
+
+    assert set(RunState.SCALARS) == set(vars(RunState(6, 3, 4))) - set(RunState.TENSORS)
+
+
 @pytest.mark.parametrize("key, value", [("epoch", "three"), ("step", -5), ("switch_clean_ratio", 1.5),
                                         ("loss_sums", {"loss": "x"}), ("warmup_history", [[0.5]])])
 def test_run_state_with_a_wrong_value_is_refused_naming_the_key(tmp_path, key, value):
