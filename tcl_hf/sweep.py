@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .command import is_main_process, run_command
 from .errors import TCLError, one_line
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, SUMMARY_FILE, atomic_write_text
 
@@ -272,12 +273,11 @@ def _sweep(args: argparse.Namespace, main_process: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .command import is_main_process, run_command
-
     # Intermixed: keys may come after --seeds/--out as well as before.
     args = _parser().parse_intermixed_args(argv)
     return run_command(lambda: _sweep(args, is_main_process()), again="the same command (finished runs are skipped)",
                        intact="finished runs and checkpoints are intact")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
