@@ -26,7 +26,8 @@ METHOD_TEXT = {
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 
 # Config keys that name files or folders on this machine; a published config keeps only their base name.
-_LOCAL_PATH_KEYS = ("output_dir", "data.root", "data.imagenet_val", "noise.file", "model.pretrained_file")
+_LOCAL_PATH_KEYS = ("output_dir", "data.root", "data.imagenet_val", "noise.file", "model.pretrained_file",
+                    "init.from")
 
 # Shown in the card's loading example of a folder that was not pushed: where it sits is the reader's business.
 LOCAL_LOAD_REF = "local-dir:path/to/this/folder"

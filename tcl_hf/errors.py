@@ -1,10 +1,7 @@
 """Errors meant for the user: the command line prints them as one line, without a traceback."""
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
-from typing import Callable
 
 
 class TCLError(Exception):
@@ -35,15 +32,3 @@ def one_line(exc: Exception) -> str:
     prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
     return last[len(prefix):] if last.startswith(prefix) else last
 
-
-def run_command(work: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
-                argv: list[str] | None) -> int:
-    """A command's exit code: 0 once ``work`` is done with the parsed ``argv``, or 2 after printing a TCLError as
-    one line on stderr."""
-    args = parser.parse_args(argv)
-    try:
-        work(args)
-    except TCLError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    return 0

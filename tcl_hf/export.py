@@ -20,7 +20,8 @@ from timm.models import save_for_hf
 
 from .card import LOCAL_LOAD_REF, model_card, public_config
 from .data.contract import InputContract
-from .errors import TCLError, run_command
+from .command import hub_repo_id, refuse_file_in_the_way, run_command
+from .errors import TCLError
 from .hub import PROTOTYPES_KEY, TCL_CONFIG, TCL_WEIGHTS, push_folder
 from .models import TCLModel, classifier_from_tcl
 from .report import label_issues, make_plots, write_label_issues
@@ -106,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Re-export a finished tcl_hf run (Hub folder, label-issue report, plots) from its newest "
                     "checkpoint, and optionally push the Hub folder.")
     parser.add_argument("run_dir", help="the run's output_dir (holds config.yaml and checkpoints/)")
-    parser.add_argument("--push", metavar="REPO_ID", help="push <run_dir>/hub to this Hub model repo")
+    parser.add_argument("--push", metavar="REPO_ID", type=hub_repo_id, help="push <run_dir>/hub to this Hub model repo")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--revision", metavar="BRANCH", help="push to this branch (created if missing)")
     return parser
@@ -145,6 +146,7 @@ def _summary(run_dir: Path) -> dict:
 
 
 def _export(args: argparse.Namespace) -> None:
+    refuse_file_in_the_way(Path(args.run_dir) / HUB_DIR, "export", "move it aside and export again")
     published = publish_run(finished_run(args.run_dir), repo_id=args.push)
     print(f"exported {published.hub_dir}, {published.label_issues} and {len(published.plots)} plot(s)")
     if args.push:
@@ -153,7 +155,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(_export, _parser(), argv)
+    args = _parser().parse_args(argv)
+    return run_command(lambda: _export(args), again="the same command")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def describe(tp: Any) -> str:
         return " | ".join(str(a) for a in args)
     if origin is list:
         return f"list of {describe(args[0])}"
+    if origin is dict:
+        return f"mapping of {describe(args[1])}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -107,6 +109,10 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected {describe(tp)}, got {value!r}")
         return [coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {describe(tp)}, got {value!r}")
+        return {str(k): coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -198,6 +204,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def read_recipe(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe file {str(path)!r} is a folder; a recipe is a YAML file (see recipes/)")
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
     try:

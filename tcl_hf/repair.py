@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from .card import METHOD_TEXT
-from .config import repo_id_problem
-from .errors import TCLError, run_command
+from .command import hub_repo_id, refuse_file_in_the_way, run_command
+from .errors import TCLError
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, SUMMARY_FILE
 
 TEMPLATE = Path(__file__).parent / "templates" / "dataset_card.md"
@@ -154,6 +154,7 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
     out = Path(out) if out is not None else run_dir / REPAIRED_DIR
     if not 0.0 <= drop_below <= 1.0:
         raise TCLError(f"--drop-below: {drop_below} must be in [0, 1] (a clean probability)")
+    refuse_file_in_the_way(out, "--out", "choose another --out")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_repaired_folder(out))):
         raise TCLError(f"--out: {out} exists and is not a dataset written by tcl_hf.repair; choose another --out")
     cfg = _run_config(run_dir)
@@ -184,14 +185,6 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
     return Repaired(out, found.counts)
 
 
-def _repo_id(value: str) -> str:
-    """A Hub dataset repo id, checked before any work by the same rule as ``hub.repo_id``."""
-    problem = repo_id_problem(value)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{value!r} {problem}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tcl_hf.repair",
@@ -199,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
                     "verdict (clean_prob, is_noisy) and the corrected label (tcl_label), and optionally push it.")
     parser.add_argument("run_dir", help="the run's output_dir (holds config.yaml and label_issues.csv)")
     parser.add_argument("--out", help=f"where to write the dataset (default: RUN_DIR/{REPAIRED_DIR})")
-    parser.add_argument("--push", metavar="REPO_ID", type=_repo_id, help="push the dataset to this Hub dataset repo")
+    parser.add_argument("--push", metavar="REPO_ID", type=hub_repo_id, help="push the dataset to this Hub dataset repo")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--drop-below", metavar="P", type=float, default=0.0,
                         help="leave out samples whose clean_prob is below P (default 0: keep every readable sample)")
@@ -220,7 +213,8 @@ def _repair(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(_repair, _parser(), argv)
+    args = _parser().parse_args(argv)
+    return run_command(lambda: _repair(args), again="the same command")
 
 
 if __name__ == "__main__":

@@ -3,19 +3,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+from .recipe import coerce, in_range, non_negative
+
 RUN_STATE_TENSORS, RUN_STATE_JSON = "run_state.safetensors", "run_state.json"
 METHOD_STATE = "method_state.safetensors"  # what a method keeps besides the model (TCL+'s teacher)
+
+
+def _pairs(history: list[list[float]]) -> str | None:
+    return None if all(len(pair) == 2 for pair in history) else "must hold [agreement z, clean-ratio estimate] pairs"
 
 
 class RunState:
     """Progress and EM state; saved in every checkpoint as safetensors + JSON, never pickled."""
 
     TENSORS = ("confidences", "assignments", "prototypes")
+    # The saved JSON's values, each with its type and range (checked as recipe keys are): a checkpoint whose
+    # values do not fit does not load, so the resume falls back to the one before it.
+    SCALARS = {"epoch": (int, non_negative), "step": (int, non_negative), "batches_done": (int, non_negative),
+               "loss_sums": (dict[str, float], None), "samples": (int, non_negative),
+               "train_seconds": (float, non_negative), "wall_seconds": (float, non_negative),
+               "scale1": (float, in_range(0.0, 1.0)), "scale2": (float, in_range(0.0, 1.0)),
+               "tcl_from_epoch": (Optional[int], non_negative),
+               "warmup_history": (list[list[float]], _pairs),
+               "switch_clean_ratio": (Optional[float], in_range(0.0, 1.0)),
+               "collapsed_epoch": (Optional[int], non_negative)}
 
     def __init__(self, num_samples: int, num_classes: int, proj_dim: int):
         self.epoch = 0          # completed epochs
@@ -63,12 +81,25 @@ class RunState:
         scalars = json.loads((folder / RUN_STATE_JSON).read_text())
         expected = {k: tuple(getattr(self, k).shape) for k in self.TENSORS}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
-        if found != expected or set(scalars) != set(vars(self)) - set(self.TENSORS):
+        if found != expected or not isinstance(scalars, dict) or set(scalars) != set(vars(self)) - set(self.TENSORS):
             raise ValueError(f"run state does not match this run (tensors {found}, expected {expected})")
+        scalars = {key: _checked(key, value, *self.SCALARS[key]) for key, value in scalars.items()}
         for key, value in {**scalars, **tensors}.items():
             setattr(self, key, value)
         method = folder / METHOD_STATE
         return safetensors.torch.load_file(str(method)) if method.is_file() else {}
+
+
+def _checked(key: str, value, tp, check) -> object:
+    """``value`` of the saved state as type ``tp``, or a ValueError naming the file and key."""
+    try:
+        value = coerce(key, value, tp)
+    except ConfigError as exc:
+        raise ValueError(f"{RUN_STATE_JSON}: {exc}") from None
+    problem = check(value) if check else None
+    if problem:
+        raise ValueError(f"{RUN_STATE_JSON}: {key}: {value!r} {problem}")
+    return value
 
 
 class LossMeter:

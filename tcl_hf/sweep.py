@@ -8,7 +8,8 @@ Run ``s`` of ``recipes/x.yaml`` lives in ``DIR/x/seed<s>``. The sweep can be sto
 point: a run whose folder holds its ``summary.json`` and ``label_issues.csv`` is finished and skipped, one whose
 folder holds a ``config.yaml`` or checkpoints otherwise is resumed (``train.resume=true``), any other starts
 afresh. ``DIR/sweep.md`` and ``DIR/sweep.csv`` are written (main process) after every sweep, also one stopped by
-an error; they count only finished runs made with the sweep's own settings.
+an error in a run; they count only finished runs made with the sweep's own settings. A sweep refused before its
+first run (a bad key, a finished run with other settings) leaves them as they were.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StopRequested, TCLError, one_line
+from .command import is_main_process, run_command
+from .errors import TCLError, one_line
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, SUMMARY_FILE, atomic_write_text
 
 # TCL's published test accuracy (%) by recipe stem: spec section 8 (the paper's Table 2 for CIFAR; WebVision:
@@ -249,42 +251,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .cli import _is_main_process
-
-    # Intermixed: keys may come after --seeds/--out as well as before.
-    args = _parser().parse_intermixed_args(argv)
+def _sweep(args: argparse.Namespace, main_process: bool) -> None:
     recipes = [Path(item) for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
-    main_process = _is_main_process()
     say = print if main_process else (lambda *a, **k: None)
+    if not recipes:
+        raise TCLError("no recipe given; name at least one recipe file, e.g. recipes/cifar10_sym50.yaml")
+    runs = plan(recipes, args.seeds, args.out, overrides)
+    # Refused before any run: a sweep that cannot make its table leaves the table it had.
+    for run in runs:
+        if run_state(run.folder) == FINISHED:
+            _check_finished(run)
     try:
-        if not recipes:
-            raise TCLError("no recipe given; name at least one recipe file, e.g. recipes/cifar10_sym50.yaml")
-        runs = plan(recipes, args.seeds, args.out, overrides)
-        try:
-            run_all(runs, say)
-        finally:
-            _end_process_group()
-            if main_process:
-                rows = aggregate(runs)
-                md, _ = write_tables(args.out, rows)
-                say(f"\n{markdown(rows)}\nwrote {md} and {args.out / SWEEP_CSV}")
-    except TCLError as exc:
-        say(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        # The machine's side (disk full, permissions): what and where, in one line.
-        where = f" ({exc.filename})" if exc.filename else ""
-        say(f"error: {exc.strerror or exc}{where}; finished runs and checkpoints are intact", file=sys.stderr)
-        return 2
-    except StopRequested as stop:
-        say(f"stopped; checkpoint saved to {stop.checkpoint}. Continue with the same command.", file=sys.stderr)
-        return 0
-    except KeyboardInterrupt:
-        say("interrupted; run the same command again to continue the sweep", file=sys.stderr)
-        return 130
-    return 0
+        run_all(runs, say)
+    finally:
+        _end_process_group()
+        if main_process:
+            rows = aggregate(runs)
+            md, _ = write_tables(args.out, rows)
+            say(f"\n{markdown(rows)}\nwrote {md} and {args.out / SWEEP_CSV}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Intermixed: keys may come after --seeds/--out as well as before.
+    args = _parser().parse_intermixed_args(argv)
+    return run_command(lambda: _sweep(args, is_main_process()), again="the same command (finished runs are skipped)",
+                       intact="finished runs and checkpoints are intact")
 
 
 if __name__ == "__main__":

@@ -178,3 +178,17 @@ class WritesAFile:
 
     def __reduce__(self):
         return open, (self.marker, "w")
+
+
+def files_naming(folder: Path, *texts: str) -> list[str]:
+    """The files under ``folder`` whose bytes hold any of ``texts`` (binary-safe: weights and parquet included)."""
+    needles = [text.encode() for text in texts]
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and any(needle in p.read_bytes() for needle in needles))
+
+
+def machine_paths() -> list[str]:
+    """Where this checkout and its Python live: a published file names neither."""
+    import sys
+
+    return [str(Path(__file__).resolve().parents[1]), sys.prefix, str(Path.home())]

@@ -394,6 +394,40 @@ def test_export_cli_errors_for_a_folder_without_a_run(tmp_path, capsys):
     assert err.count("\n") == 0 and "config.yaml" in err
 
 
+def test_export_cli_checks_the_repo_id_before_reexporting(tmp_path, monkeypatch, capsys):
+    def no_reexport(run_dir):
+        raise AssertionError("re-exported before checking --push")
+
+    monkeypatch.setattr(export, "finished_run", no_reexport)
+    with pytest.raises(SystemExit) as info:
+        export.main([str(tmp_path), "--push", "not a repo"])
+    assert info.value.code == 2 and "not a valid Hub repo id" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_cli_with_a_file_named_hub_is_one_line_and_keeps_it(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run_dir, _, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "hub", ignore_errors=True)  # an earlier test's re-export
+    (copy / "hub").write_text("mine")
+
+    def files():
+        return {str(p.relative_to(copy)): p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+
+    before = files()
+    try:
+        code = export.main([str(copy)])
+    except OSError as exc:
+        pytest.fail(f"the error escaped the command: {exc!r}")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and err.startswith("error: ")
+    assert str(copy / "hub") in err and "not a folder" in err
+    assert files() == before
+
+
 # ---- nothing local is published; a push bound to fail stops the run before training -------------------------
 def files_containing(folder: Path, text: str) -> list[str]:
     """Files under `folder` whose bytes contain `text` (binary-safe: weights included)."""

@@ -327,6 +327,20 @@ def test_tcl_plus_stopped_and_resumed_matches_uninterrupted(chain, tmp_path, mon
         assert resumed[key] == pytest.approx(chain.plus[key], abs=1e-6), key
 
 
+@pytest.mark.slow
+def test_nothing_published_names_a_local_path(chain, tmp_path, tmp_path_factory):
+    from fixtures import files_naming, machine_paths
+
+    from tcl_hf import repair
+
+    repaired = tmp_path / "repaired"
+    assert repair.main([str(chain.plus_dir), "--out", str(repaired)]) == 0
+    # The test's folders hold both runs (TCL+'s init.from is the TCL run's folder) and the repaired dataset.
+    local = [str(tmp_path_factory.getbasetemp()), str(chain.tcl_dir), str(chain.plus_dir), *machine_paths()]
+    for folder in (chain.tcl_dir / "hub", chain.plus_dir / "hub", repaired):
+        assert files_naming(folder, *local) == [], folder
+
+
 def _job_in_each_process(args: list[str]) -> None:
     from tcl_hf.job import run_job
 

@@ -108,3 +108,47 @@ def test_a_resume_without_a_checkpoint_redoes_the_records_of_the_killed_start(un
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
     _assert_same(summary, resumed)
+
+
+def test_every_value_of_the_run_state_has_its_type_and_range():
+    from tcl_hf.state import RunState
+
+    assert set(RunState.SCALARS) == set(vars(RunState(6, 3, 4))) - set(RunState.TENSORS)
+
+
+@pytest.mark.parametrize("key, value", [("epoch", "three"), ("step", -5), ("switch_clean_ratio", 1.5),
+                                        ("loss_sums", {"loss": "x"}), ("warmup_history", [[0.5]])])
+def test_run_state_with_a_wrong_value_is_refused_naming_the_key(tmp_path, key, value):
+    from tcl_hf.state import RUN_STATE_JSON, RunState
+
+    RunState(6, 3, 4).save(tmp_path)
+    scalars = json.loads((tmp_path / RUN_STATE_JSON).read_text())
+    (tmp_path / RUN_STATE_JSON).write_text(json.dumps({**scalars, key: value}))
+    state = RunState(6, 3, 4)
+    with pytest.raises(ValueError, match=f"{RUN_STATE_JSON}: {key}"):
+        state.load(tmp_path)
+    assert state.epoch == 0 and state.step == 0  # nothing half-restored
+
+
+def test_a_checkpoint_whose_run_state_is_wrong_is_skipped_for_the_older_one(uninterrupted, tmp_path, capsys):
+    import shutil
+
+    from tcl_hf.rundir import MANIFEST_FILE, write_manifest
+    from tcl_hf.state import RUN_STATE_JSON
+
+    _, straight = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    newest = checkpoint_dirs(out)[-1]
+    scalars = json.loads((newest / RUN_STATE_JSON).read_text())
+    (newest / RUN_STATE_JSON).write_text(json.dumps({**scalars, "epoch": "three"}))
+    (newest / MANIFEST_FILE).unlink()
+    write_manifest(newest)  # consistent: only the value is wrong, as a hand edit or a bug would leave it
+    trainer = Trainer(load_config(None, [*TINY, f"output_dir={out}", "train.resume=true"]))
+    try:
+        assert trainer.resume()
+        assert trainer._resumed_from.name == "step_00000020" and trainer.state.epoch == 2
+    finally:
+        trainer.close()
+    said = capsys.readouterr().out
+    assert f"skipped checkpoint {newest.name}" in said and "epoch" in said and "'three'" in said

@@ -343,3 +343,138 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, case, capsys, fresh_accel
     assert code == 2, err[-2000:]
     _one_line_error(subprocess.CompletedProcess(args, code, "", err), *needles)
     assert not (tmp_path / "marker").exists()  # the crafted label file ran nothing
+
+
+@pytest.mark.slow
+def test_a_recipe_that_is_a_folder_is_one_line(tmp_path, capsys):
+    from tcl_hf.cli import main
+
+    (tmp_path / "recipe.yaml").mkdir()
+    assert main([str(tmp_path / "recipe.yaml"), *TINY, f"output_dir={tmp_path / 'run'}"]) == 2
+    line = _one_line_error(subprocess.CompletedProcess([], 2, "", capsys.readouterr().err), "recipe.yaml")
+    assert "is a folder" in line and "does not exist" not in line
+
+
+# ---- every command: the machine's errors and Ctrl-C in one line, never a traceback -------------------------------
+def _command(name: str, tmp_path: Path):
+    """(the command's main, its arguments, the module and function under it that does the work)."""
+    from tcl_hf import cli, export, job, repair, sweep
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("data: {format: digits, limit: 48, image_size: 16}\nlog: {progress: false}\n")
+    return {"train": (cli.main, [str(recipe), f"output_dir={tmp_path / 'run'}"], job, "run_job"),
+            "sweep": (sweep.main, [str(recipe), "--seeds", "0", "--out", str(tmp_path / "sweep")], sweep, "run_all"),
+            "export": (export.main, [str(tmp_path)], export, "finished_run"),
+            "repair": (repair.main, [str(tmp_path)], repair, "repair_run")}[name]
+
+
+@pytest.mark.parametrize("name", ["train", "sweep", "export", "repair"])
+@pytest.mark.parametrize("raised, code, said", [
+    (OSError(30, "Read-only file system", "/runs/x/hub"), 2, ["error: Read-only file system", "/runs/x/hub"]),
+    (KeyboardInterrupt(), 130, ["interrupted", "continue"]),
+])
+def test_every_command_turns_the_machines_errors_into_one_line(tmp_path, capsys, monkeypatch, name, raised, code,
+                                                               said):
+    main, argv, module, function = _command(name, tmp_path)
+
+    def fails(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(module, function, fails)
+    try:
+        got = main(argv)
+    except BaseException as exc:  # a KeyboardInterrupt escaping the test would end the whole test session
+        pytest.fail(f"{name}: {exc!r} escaped the command")
+    err = capsys.readouterr().err
+    assert got == code and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for needle in said:
+        assert needle in lines[0], lines[0]
+
+
+# ---- repair and export: a file or a read-only folder where they write ---------------------------------------------
+def _made_up_run(run_dir: Path) -> Path:
+    """A finished digits run as repair reads it (config.yaml, a report with the run's given labels); no training."""
+    from tcl_hf.config import save_config
+    from tcl_hf.data.hf import digits_dataset_dict
+    from tcl_hf.noise import symmetric_noise
+    from tcl_hf.report import label_issues, write_label_issues
+
+    args = ["data.format=digits", "data.limit=40", "noise.type=sym", "noise.rate=0.4", f"output_dir={run_dir}"]
+    run_dir.mkdir(parents=True)
+    save_config(load_config(None, args), run_dir / "config.yaml")
+    truth = np.asarray(digits_dataset_dict()["train"]["label"][:40], dtype=np.int64)
+    given = symmetric_noise(truth, 0.4, 10, seed=0)
+    write_label_issues(run_dir, label_issues(given, given, np.linspace(0.2, 0.9, 40), truth))
+    (run_dir / "repaired").mkdir()  # an earlier repair's folder stands in the way of nothing: it must survive
+    return run_dir
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """``folder`` as a read-only mount shows it (as root, chmod stops no write): every call that would create,
+    change or remove a path under it fails with EROFS, as the kernel's would."""
+    import builtins
+    import errno
+    import io
+
+    def inside(path) -> bool:
+        return isinstance(path, (str, bytes, os.PathLike)) and \
+            Path(os.fsdecode(path)).absolute().is_relative_to(folder)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def guard(real, writes=lambda *args, **kwargs: True, paths=1):
+        def call(*args, **kwargs):
+            if any(inside(p) for p in args[:paths]) and writes(*args, **kwargs):
+                refuse(next(p for p in args[:paths] if inside(p)))
+            return real(*args, **kwargs)
+        return call
+
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    monkeypatch.setattr(os, "open", guard(os.open, lambda path, flags, *a, **k: flags & write_flags))
+    opener = guard(io.open, lambda path, mode="r", *a, **k: any(c in mode for c in "wax+"))
+    monkeypatch.setattr(io, "open", opener)
+    monkeypatch.setattr(builtins, "open", opener)
+    for name in ("mkdir", "rmdir", "remove", "unlink"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    for name in ("rename", "replace"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name), paths=2))
+
+
+def test_repair_of_a_read_only_run_folder_is_one_line_and_changes_nothing(tmp_path, capsys, monkeypatch):
+    from tcl_hf import repair
+
+    run_dir = _made_up_run(tmp_path / "run")
+    before = _digest(run_dir)
+    _read_only(monkeypatch, run_dir)
+    try:
+        code = repair.main([str(run_dir)])
+    except OSError as exc:
+        pytest.fail(f"the read-only folder's error escaped the command: {exc!r}")
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    _one_line_error(subprocess.CompletedProcess([], code, "", err), "Read-only file system", str(run_dir))
+    assert code == 2
+    assert _digest(run_dir) == before and (run_dir / "repaired").is_dir()
+
+
+def test_repair_out_under_a_regular_file_is_one_line(tmp_path, capsys):
+    from tcl_hf import repair
+
+    run_dir = _made_up_run(tmp_path / "run")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _digest(tmp_path)
+    try:
+        code = repair.main([str(run_dir), "--out", str(tmp_path / "notes.txt" / "repaired")])
+    except OSError as exc:
+        pytest.fail(f"the error escaped the command: {exc!r}")
+    line = _one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), "--out",
+                           str(tmp_path / "notes.txt"))
+    assert code == 2 and "not a folder" in line
+    assert _digest(tmp_path) == before

@@ -119,12 +119,14 @@ def test_a_finished_run_with_other_settings_stops_the_sweep_in_one_line(tmp_path
     path = recipe(tmp_path, "mine")
     out = tmp_path / "sweep"
     folder = finish(out, path, 0, {"test_acc": 0.5})
-    before = digest(folder)
+    assert sweep.main([str(path), "--seeds", "0", "--out", str(out)]) == 0  # the table of the sweep as it was
+    capsys.readouterr()
+    before = digest(out)
     assert sweep.main([str(path), "--seeds", "0", "--out", str(out), setting]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "mine/seed0" in line and "other settings" in line and setting.split("=")[0] in line
-    assert digest(folder) == before
-    assert table_row((out / "sweep.md").read_text(), "mine").startswith("| mine | 0/1 |")
+    assert digest(out) == before  # the run, and sweep.md and sweep.csv: a refused sweep changes nothing
+    assert table_row((out / "sweep.md").read_text(), "mine").startswith("| mine | 1/1 |")
 
 
 @pytest.mark.parametrize("args, said", [

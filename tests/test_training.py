@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
+from fixtures import files_naming, machine_paths
 
 from tcl_hf import trainer as trainer_module
 from tcl_hf.config import load_config
@@ -43,6 +44,7 @@ def test_ce_baseline_trains_with_noisy_labels_only(tmp_path):
     summary = run_job(load_config(None, [*TINY, "method=ce", "train.epochs=1", f"output_dir={tmp_path}"]))
     assert set(summary) >= {"loss", "loss_cls", "test_acc", "noise_auc"}
     assert "loss_con" not in summary and summary["loss"] == pytest.approx(summary["loss_cls"])
+    assert files_naming(tmp_path / "hub", str(tmp_path.parent), *machine_paths()) == []  # nothing local published
 
 
 # A short healthy run (the quickstart's views on 480 digits, 40 % of the labels flipped, three warm-up epochs at a
