@@ -208,6 +208,8 @@ class HubConfig:
 @dataclass
 class InitConfig:
     from_: Optional[str] = option(None, help="method=tcl_plus: the folder of a finished TCL run to start from")
+    accept_failed: bool = option(False, help="method=tcl_plus: start even from a TCL run whose summary.json verdict "
+                                 "says it failed (collapsed, or never left warm-up; tcl_hf/collapse.py)")
 
 
 @dataclass
