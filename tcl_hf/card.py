@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .collapse import summary_verdict, verdict_explained
+from .verdict import summary_verdict, verdict_explained
 from .detector import CLEAN_THRESHOLD
 from .hub import TCL_CONFIG, TCL_WEIGHTS
 from .models import ARCHITECTURE

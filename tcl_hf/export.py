@@ -19,7 +19,7 @@ import torch
 from timm.models import save_for_hf
 
 from .card import LOCAL_LOAD_REF, model_card, public_config
-from .collapse import summary_verdict, untrusted_outputs_line
+from .verdict import summary_verdict, untrusted_outputs_line
 from .data.contract import InputContract
 from .errors import TCLError, run_command
 from .hub import PROTOTYPES_KEY, TCL_CONFIG, TCL_WEIGHTS, push_folder

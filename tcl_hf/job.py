@@ -1,7 +1,7 @@
 """A whole job, as ``train.py`` runs it: train, publish the finished run, then push it when asked."""
 from __future__ import annotations
 
-from .collapse import summary_verdict, untrusted_outputs_line
+from .verdict import summary_verdict, untrusted_outputs_line
 from .config import Config
 from .export import publish_run
 from .hub import push_folder

@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from . import rundir
-from .collapse import VERDICT_OK, summary_verdict
+from .verdict import VERDICT_OK, summary_verdict
 from .errors import TCLError
 from .hub import load_tcl_pretrained
 from .recipe import flatten

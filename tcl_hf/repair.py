@@ -138,7 +138,7 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
 def _checked_verdict(summary: dict, run_dir: Path, accept_failed: bool) -> list[str]:
     """The run's verdict (summary.json; tcl_hf.collapse): a failed run is refused unless ``accept_failed``, and
     then warned about."""
-    from .collapse import VERDICT_OK, summary_verdict, verdict_explained
+    from .verdict import VERDICT_OK, summary_verdict, verdict_explained
 
     verdict = summary_verdict(summary)
     if verdict == VERDICT_OK:

@@ -18,6 +18,7 @@ from tcl_hf.errors import ConfigError
 from tcl_hf.methods import Method
 from tcl_hf.optim import auto_lr_at
 from tcl_hf.state import RunState
+from tcl_hf.verdict import run_verdict, summary_verdict, untrusted_outputs_line
 
 T = torch.tensor
 
@@ -208,17 +209,17 @@ def test_respond_warns_or_stops_with_the_line():
 
 # ---- the run's verdict --------------------------------------------------------------------------------------
 def test_verdict_rule_by_hand():
-    assert collapse.run_verdict("tcl", 3, None, 5) == "ok"
-    assert collapse.run_verdict("tcl", 5, None, 5) == "ok"                       # one TCL epoch, the last
-    assert collapse.run_verdict("tcl", 6, None, 5) == "never left warm-up"
-    assert collapse.run_verdict("tcl", None, None, 5) == "never left warm-up"   # auto warm-up never switched
-    assert collapse.run_verdict("tcl", 3, 4, 5) == "collapsed at epoch 4"
-    assert collapse.run_verdict("ce", None, None, 5) == "ok"
-    assert collapse.run_verdict("tcl_plus", None, None, 5) == "ok"
-    assert collapse.summary_verdict({"verdict": "collapsed at epoch 2"}) == "collapsed at epoch 2"
-    assert collapse.summary_verdict({"test_acc": 0.5}) == "ok"                   # written before verdicts
-    assert collapse.untrusted_outputs_line("ok") is None
-    line = collapse.untrusted_outputs_line("never left warm-up")
+    assert run_verdict("tcl", 3, None, 5) == "ok"
+    assert run_verdict("tcl", 5, None, 5) == "ok"                       # one TCL epoch, the last
+    assert run_verdict("tcl", 6, None, 5) == "never left warm-up"
+    assert run_verdict("tcl", None, None, 5) == "never left warm-up"   # auto warm-up never switched
+    assert run_verdict("tcl", 3, 4, 5) == "collapsed at epoch 4"
+    assert run_verdict("ce", None, None, 5) == "ok"
+    assert run_verdict("tcl_plus", None, None, 5) == "ok"
+    assert summary_verdict({"verdict": "collapsed at epoch 2"}) == "collapsed at epoch 2"
+    assert summary_verdict({"test_acc": 0.5}) == "ok"                   # written before verdicts
+    assert untrusted_outputs_line("ok") is None
+    line = untrusted_outputs_line("never left warm-up")
     assert line.startswith("warning: label_issues.csv and the model are not to be trusted") and "\n" not in line
 
 

@@ -112,6 +112,26 @@ def test_table_counts_only_finished_runs_with_the_sweeps_settings(tmp_path):
     assert table_row(md, "mine") == "| mine | 1/3 | 60.00 | — | 0.9000 | 70.00 |"
 
 
+def test_table_marks_failed_seeds_and_keeps_them_in_the_mean(tmp_path):
+    path = recipe(tmp_path, "mine")
+    out = tmp_path / "sweep"
+    verdicts = ["ok", "collapsed at epoch 3", "never left warm-up"]
+    for seed, (t, verdict) in enumerate(zip([0.9, 0.1, 0.5], verdicts)):
+        finish(out, path, seed, {"test_acc": t, "noise_auc": None, "label_acc": None, "verdict": verdict})
+    finish(out, recipe(tmp_path, "fine"), 0, {"test_acc": 0.5, "verdict": "ok"})
+    runs = sweep.plan([path, tmp_path / "fine.yaml"], [0, 1, 2], out, [])
+    rows = sweep.aggregate(runs)
+    md = sweep.markdown(rows)
+    assert table_row(md, "mine") == "| mine | 3/3 (2 failed) | 50.00 ± 40.00 | — | — | — |"
+    assert table_row(md, "fine") == "| fine | 1/3 | 50.00 | — | — | — |"
+    assert "mine: seed 1 collapsed at epoch 3; seed 2 never left warm-up" in md
+    sweep.write_tables(out, rows)
+    import csv
+
+    table = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["failed_seeds"] for r in table] == ["seed 1 collapsed at epoch 3; seed 2 never left warm-up", ""]
+
+
 # ---- refusals ------------------------------------------------------------------------------------------------
 # A resume may extend train.epochs, but a finished run of another length is not the run asked for.
 @pytest.mark.parametrize("setting", ["noise.rate=0.2", "train.epochs=7"])
