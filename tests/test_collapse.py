@@ -328,6 +328,12 @@ def test_a_run_stopped_for_collapse_and_resumed_stops_again(tmp_path, monkeypatc
     # Nothing trained on, nothing published.
     assert [r["epoch"] for r in _records(tmp_path)] == [1]
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "hub").exists()
+    # A re-export of the stopped run (no summary.json) still carries the collapse, from the checkpoint.
+    from tcl_hf import export
+
+    assert export.main([str(tmp_path)]) == 0
+    assert "not to be trusted: TCL collapsed at epoch 1" in capsys.readouterr().out
+    assert "> **Warning: this run failed (TCL collapsed at epoch 1)" in (tmp_path / "hub" / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -358,8 +358,13 @@ def tiny_run(tmp_path_factory):
 def test_export_cli_reexports_a_finished_run(tiny_run, capsys):
     run_dir, trainer, summary = tiny_run
     assert export.main([str(run_dir)]) == 0
-    assert "exported" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "exported" in printed
+    # One epoch inside the default 20-epoch warm-up: TCL never started, and the re-export says so.
+    assert summary["verdict"] == "never left warm-up"
+    assert "warning: label_issues.csv and the model are not to be trusted: TCL never left warm-up" in printed
     hub_dir = run_dir / "hub"
+    assert "> **Warning: this run failed (TCL never left warm-up)" in (hub_dir / "README.md").read_text()
     assert HUB_FILES <= {p.name for p in hub_dir.iterdir()}
 
     # The exported classifier reproduces the trained model on the test images, through timm's loader.

@@ -209,4 +209,6 @@ def test_a_killed_sweep_skips_the_finished_run_and_resumes_the_killed_one(tmp_pa
                                      (cells[5], "label_acc", 100, 2)):
         values = np.array([s[key] for s in summaries]) * scale
         assert cell == f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-    assert cells[1] == "2/2"
+    # The tiny run's verdict is what it is (2 epochs of 48 images may well collapse): the cell marks it exactly.
+    failed = [s["verdict"] for s in summaries if s.get("verdict", "ok") != "ok"]
+    assert cells[1] == "2/2" + (f" ({len(failed)} failed)" if failed else "")
