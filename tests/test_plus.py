@@ -290,6 +290,16 @@ def test_start_refuses_a_failed_run_unless_accepted(tmp_path, verdict):
     assert _start_from(folder, "init.accept_failed=true").verdict == verdict
 
 
+def test_accept_failed_changes_no_run_and_old_runs_without_it_resume():
+    from tcl_hf.config import to_dict
+    from tcl_hf.rundir import OUTCOME_NEUTRAL, run_differences
+
+    saved = to_dict(load_config(None, SMALL))
+    del saved["init"]["accept_failed"]  # a config.yaml written before the key existed
+    accepting = to_dict(load_config(None, [*SMALL, "init.accept_failed=true"]))
+    assert run_differences(saved, accepting) == [] and run_differences(saved, accepting, OUTCOME_NEUTRAL) == []
+
+
 # ---- a real chain ------------------------------------------------------------------------------------------------
 TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
         "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "eval.knn_k=10",
