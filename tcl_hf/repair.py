@@ -135,18 +135,24 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
 
 
 # ---- what the repair must warn about ------------------------------------------------------------------------------
-def _checked_verdict(summary: dict, run_dir: Path, accept_failed: bool) -> list[str]:
-    """The run's verdict (summary.json; tcl_hf.collapse): a failed run is refused unless ``accept_failed``, and
-    then warned about."""
+def _checked_verdict(run_dir: Path, summary: dict, accept_failed: bool) -> list[str]:
+    """The run's verdict (summary.json; tcl_hf/verdict.py): a failed run, or one that never finished (no summary.json,
+    e.g. a re-export of a run stopped for a collapse), is refused unless ``accept_failed``, and then warned about."""
     from .verdict import VERDICT_OK, summary_verdict, verdict_explained
 
-    verdict = summary_verdict(summary)
-    if verdict == VERDICT_OK:
-        return []
+    if not (run_dir / SUMMARY_FILE).is_file():
+        what, remedy = "never finished (no summary.json)", "finish it with train.resume=true"
+        warning = f"the run that repaired these labels {what}: its verdicts come from a model stopped before the end"
+    else:
+        verdict = summary_verdict(summary)
+        if verdict == VERDICT_OK:
+            return []
+        what, remedy = f"is a failed run (TCL {verdict}, summary.json)", "train it again"
+        warning = f"the run that repaired these labels failed (TCL {verdict}): {verdict_explained(verdict)}"
     if not accept_failed:
-        raise TCLError(f"{run_dir} is a failed run (TCL {verdict}, summary.json): its label verdicts are not to be "
-                       f"trusted; train it again, or repair anyway with --accept-failed")
-    return [f"the run that repaired these labels failed (TCL {verdict}): {verdict_explained(verdict)}"]
+        raise TCLError(f"{run_dir} {what}: its label verdicts are not to be trusted; {remedy}, or repair anyway with "
+                       f"--accept-failed")
+    return [warning]
 
 
 def _accuracy_warning(split, found) -> list[str]:
@@ -190,7 +196,7 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
         raise TCLError(f"--out: {out} exists and is not a dataset written by tcl_hf.repair; choose another --out")
     cfg = _run_config(run_dir)
     summary = _summary(run_dir)
-    warnings = _checked_verdict(summary, run_dir, accept_failed)
+    warnings = _checked_verdict(run_dir, summary, accept_failed)
     # Writing into the run folder: hold its lock, so a run resumed or overwritten there cannot interleave.
     inside = out.resolve().is_relative_to(run_dir.resolve())
     lock = RunLock(run_dir).acquire() if inside else None
@@ -240,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="leave out samples whose clean_prob is below P (default 0: keep every readable sample)")
     parser.add_argument("--accept-failed", action="store_true",
                         help="repair even with a run whose summary.json verdict says it failed (collapsed, or never "
-                             "left warm-up); the card and the console then say so")
+                             "left warm-up) or that has no summary.json; the card and the console then say so")
     return parser
 
 

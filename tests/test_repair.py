@@ -218,6 +218,17 @@ def test_a_failed_run_is_refused_unless_accepted_and_then_says_so(tmp_path, caps
                                                             f"(TCL {verdict})")
 
 
+def test_a_run_that_never_finished_is_refused_unless_accepted(digits_run, capsys):
+    run_dir, _, _, _ = digits_run
+    (run_dir / SUMMARY_FILE).unlink()  # e.g. stopped for a collapse, then re-exported from its checkpoint
+    assert repair.main([str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "never finished (no summary.json)" in err and "--accept-failed" in err
+    assert not (run_dir / REPAIRED_DIR).exists()
+    assert repair.main([str(run_dir), "--accept-failed"]) == 0
+    assert "warning: the run that repaired these labels never finished" in capsys.readouterr().out
+
+
 def test_a_repair_that_makes_the_labels_worse_says_so(digits_run, tmp_path, capsys):
     run_dir, table, truth, _ = digits_run
     want = expected_rows(table)
