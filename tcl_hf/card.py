@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .verdict import summary_verdict, verdict_explained
 from .detector import CLEAN_THRESHOLD
 from .hub import TCL_CONFIG, TCL_WEIGHTS
 from .models import ARCHITECTURE
+from .verdict import summary_verdict, verdict_explained
 
 # How a card (model or repaired dataset) names the method that made it.
 METHOD_TEXT = {

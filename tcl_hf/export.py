@@ -19,7 +19,6 @@ import torch
 from timm.models import save_for_hf
 
 from .card import LOCAL_LOAD_REF, model_card, public_config
-from .verdict import summary_verdict, untrusted_outputs_line
 from .data.contract import InputContract
 from .errors import TCLError, run_command
 from .hub import PROTOTYPES_KEY, TCL_CONFIG, TCL_WEIGHTS, push_folder
@@ -27,6 +26,7 @@ from .models import TCLModel, classifier_from_tcl
 from .report import label_issues, make_plots, write_label_issues
 from .result import RunResult
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE
+from .verdict import summary_verdict, untrusted_outputs_line
 
 
 @dataclass

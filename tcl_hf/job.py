@@ -1,11 +1,11 @@
 """A whole job, as ``train.py`` runs it: train, publish the finished run, then push it when asked."""
 from __future__ import annotations
 
-from .verdict import summary_verdict, untrusted_outputs_line
 from .config import Config
 from .export import publish_run
 from .hub import push_folder
 from .trainer import Trainer
+from .verdict import summary_verdict, untrusted_outputs_line
 
 
 def run_job(cfg: Config, keep_process_group: bool = False) -> dict:

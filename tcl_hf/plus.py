@@ -10,11 +10,11 @@ import safetensors.torch
 import torch
 
 from . import rundir
-from .verdict import VERDICT_OK, summary_verdict
 from .errors import TCLError
 from .hub import load_tcl_pretrained
 from .recipe import flatten
 from .state import RUN_STATE_JSON, RUN_STATE_TENSORS
+from .verdict import VERDICT_OK, summary_verdict
 
 # What the TCL run and the TCL+ run must share: the same training rows and given labels (the seed draws the
 # synthetic noise and file-list subsets), the same network.
@@ -26,7 +26,7 @@ class PlusStart:
     relabelled: torch.Tensor   # [N] training labels for TCL+ (the cluster where it is confident, else the given)
     prototypes: torch.Tensor   # [C, d] the TCL run's
     changed: int               # how many given labels the relabelling changed
-    verdict: str               # the TCL run's (tcl_hf.collapse.run_verdict); a failed one only with init.accept_failed
+    verdict: str               # the TCL run's (tcl_hf/verdict.py); a failed one only with init.accept_failed
 
     def describe(self, total: int) -> str:
         failed = f" (a failed run, TCL {self.verdict}: init.accept_failed=true)" if self.verdict != VERDICT_OK else ""

@@ -7,7 +7,7 @@ dataset card) with the original columns, the detector's verdict and the correcte
 ``clean_prob`` < 0.5), else the given label. ``--drop-below P`` leaves out the samples whose ``clean_prob``
 is below P; samples the run could not read (no row in ``label_issues.csv``) are left out and counted. The
 folder (default ``RUN_DIR/repaired``) appears whole or not at all; the push comes after it is written. A run whose
-summary.json verdict says it failed (tcl_hf/collapse.py) is refused unless ``--accept-failed``; such a repair, and one
+summary.json verdict says it failed (tcl_hf/verdict.py) is refused unless ``--accept-failed``; such a repair, and one
 whose labels came out less accurate than the given ones (true labels known), says so on the console and in the card.
 """
 from __future__ import annotations

@@ -218,7 +218,7 @@ def markdown(rows: list[dict]) -> str:
             "published test accuracy (WebVision: top-1 on its val set). label acc.: the model's predictions "
             "against the true training labels.")
     if failed:
-        note += (" Failed seeds (TCL collapsed, or never left its warm-up: tcl_hf/collapse.py) are counted in the "
+        note += (" Failed seeds (TCL collapsed, or never left its warm-up: tcl_hf/verdict.py) are counted in the "
                  "mean, and their outputs are not to be trusted: " + "; ".join(failed) + ".")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
