@@ -15,6 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .detector import CLEAN_THRESHOLD
 from .hub import TCL_CONFIG, TCL_WEIGHTS
 from .models import ARCHITECTURE
+from .verdict import summary_verdict, verdict_explained
 
 # How a card (model or repaired dataset) names the method that made it.
 METHOD_TEXT = {
@@ -116,9 +117,10 @@ def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
     )
     shown = {key: _fmt(_value(metrics, key)) for key in ("test_acc", "knn_acc", "noise_rate", "clean_ratio_est",
                                                           "noise_auc", "noise_precision", "noise_recall", "noise_acc")}
+    verdict = summary_verdict(metrics)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), backbone=backbone, dataset_name=name,
-        method_text=METHOD_TEXT[method],
+        method_text=METHOD_TEXT[method], verdict=verdict, verdict_explained=verdict_explained(verdict),
         noise_text=_noise_text(run_config.get("noise", {})), architecture=ARCHITECTURE,
         epochs=metrics.get("epochs_completed", metrics.get("epoch", "n/a")),
         detection_measured=_value(metrics, "noise_auc") is not None or _value(metrics, "noise_precision") is not None,

@@ -44,6 +44,7 @@ import torch
 
 from .errors import TCLError
 from .optim import lr_ramp_epochs
+from .verdict import run_verdict
 
 # ---- signals ----------------------------------------------------------------------------------------------
 
@@ -120,6 +121,14 @@ def collapse_message(epoch: int, reasons: list[str], warmup: str, stopping: bool
     """The one line a collapsed run prints (and, with ``train.on_collapse=stop``, exits with); ``warmup`` says how
     TCL started: ``fixed``, ``bounded`` (an automatic warm-up at its bound) or ``settled``; ``scales_follow``:
     unset ``tcl.scale1``/``tcl.scale2``, which shrink the label's weight with the clean-ratio estimate."""
+    outcome = "stopped" if stopping else "its predictions and noise detection are now worse than a CE baseline's"
+    why = "; ".join(reasons)
+    return (f"TCL collapsed at epoch {epoch}: the classifier degenerated ({why}); {outcome}. "
+            f"Fix: {collapse_advice(warmup, scales_follow)}")
+
+
+def collapse_advice(warmup: str, scales_follow: bool) -> str:
+    """What to change before training again, by how TCL started (see ``collapse_message``)."""
     advice = {
         "fixed": "the warm-up ended before the classifier learned the labels: set optim.warmup_epochs=auto (or a "
                  "larger number), lower optim.lr, or add data",
@@ -130,9 +139,7 @@ def collapse_message(epoch: int, reasons: list[str], warmup: str, stopping: bool
     }[warmup]
     if scales_follow:
         advice += "; and set tcl.scale1=1 tcl.scale2=1 so the given labels keep their weight as the estimate falls"
-    outcome = "stopped" if stopping else "its predictions and noise detection are now worse than a CE baseline's"
-    why = "; ".join(reasons)
-    return f"TCL collapsed at epoch {epoch}: the classifier degenerated ({why}); {outcome}. Fix: {advice}"
+    return advice
 
 
 # ---- the automatic warm-up --------------------------------------------------------------------------------
@@ -197,10 +204,29 @@ class HealthMonitor:
         if not reasons or st.collapsed_epoch is not None:
             return None
         st.collapsed_epoch = epoch
-        warmup = "fixed" if not self.auto else "settled" if st.switch_clean_ratio is not None else "bounded"
-        tcl = self.cfg.tcl
-        return collapse_message(epoch, reasons, warmup, self.cfg.train.on_collapse == "stop",
-                                tcl.scale1 is None or tcl.scale2 is None)
+        return collapse_message(epoch, reasons, self._warmup_kind(), self.cfg.train.on_collapse == "stop",
+                                self._scales_follow())
+
+    def _warmup_kind(self) -> str:
+        return "fixed" if not self.auto else "settled" if self.state.switch_clean_ratio is not None else "bounded"
+
+    def _scales_follow(self) -> bool:
+        return self.cfg.tcl.scale1 is None or self.cfg.tcl.scale2 is None
+
+    def after_resume(self) -> None:
+        """A collapse recorded before the resume stays in force: with ``train.on_collapse=stop`` the run stops again
+        before training on (the collapse is a feedback loop that more epochs do not undo, and the settings that
+        would fix it make another run); with ``warn`` it is said again, and the run's verdict keeps it."""
+        epoch = self.state.collapsed_epoch
+        if epoch is None:
+            return
+        if self.cfg.train.on_collapse == "stop":
+            raise CollapseStop(f"TCL collapsed at epoch {epoch}, before this resume, and train.on_collapse=stop: "
+                               f"training on would publish the collapsed model. Fix: "
+                               f"{collapse_advice(self._warmup_kind(), self._scales_follow())}; then train again "
+                               f"with overwrite=true")
+        self.say(f"note: this run collapsed at epoch {epoch}; it trains on (train.on_collapse=warn) and its outputs "
+                 f"will say so")
 
     def _decide_switch(self, epoch: int, z: float, estimate: float) -> None:
         st, cap = self.state, max_warmup_epochs(self.cfg.optim.max_warmup_epochs, self.cfg.train.epochs)
@@ -222,13 +248,15 @@ class HealthMonitor:
             return lr_ramp_epochs(self.cfg.train.epochs)
         return self.state.tcl_from_epoch - 1 if self.state.tcl_from_epoch else None
 
-    def summary(self) -> dict[str, int | None]:
-        """For summary.json: the first TCL epoch (None: TCL never started) and the first collapsed epoch."""
+    def summary(self) -> dict[str, int | str | None]:
+        """For summary.json: the first TCL epoch (None: TCL never started), the first collapsed epoch, and the run's
+        verdict after the epochs done so far (``run_verdict``)."""
         warmup, st = self.cfg.optim.warmup_epochs, self.state
         first = st.tcl_from_epoch if warmup == "auto" else max(warmup, 1)
         if self.cfg.method != "tcl" or (first is not None and first > self.cfg.train.epochs):
             first = None
-        return {"tcl_from_epoch": first, "collapsed_epoch": st.collapsed_epoch}
+        return {"tcl_from_epoch": first, "collapsed_epoch": st.collapsed_epoch,
+                "verdict": run_verdict(self.cfg.method, first, st.collapsed_epoch, st.epoch)}
 
     def respond(self, line: str | None, checkpoint) -> None:
         """Print the collapse line; with ``train.on_collapse=stop`` end the run (the checkpoint is saved)."""

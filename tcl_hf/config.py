@@ -177,7 +177,7 @@ class TrainConfig:
     checkpoints_to_keep: int = option(2, positive)
     on_collapse: Literal["warn", "stop"] = option("warn", help="a TCL run whose classifier degenerated "
                                                   "(tcl_hf/collapse.py): print one line, or also save a checkpoint "
-                                                  "and exit non-zero")
+                                                  "and exit non-zero (and again on each resume)")
 
 
 @dataclass
@@ -208,6 +208,8 @@ class HubConfig:
 @dataclass
 class InitConfig:
     from_: Optional[str] = option(None, help="method=tcl_plus: the folder of a finished TCL run to start from")
+    accept_failed: bool = option(False, help="method=tcl_plus: start even from a TCL run whose summary.json verdict "
+                                 "says it failed (collapsed, or never left warm-up; tcl_hf/verdict.py)")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .models import TCLModel, classifier_from_tcl
 from .report import label_issues, make_plots, write_label_issues
 from .result import RunResult
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE
+from .verdict import summary_verdict, untrusted_outputs_line
 
 
 @dataclass
@@ -134,7 +135,9 @@ def finished_run(run_dir: str | Path) -> RunResult:
         if not trainer.resume():
             raise TCLError(f"{run_dir / CHECKPOINTS_DIR} holds no complete checkpoint; nothing to export")
         em = trainer.detect_noise()
-        summary = {**_summary(run_dir), **trainer.evaluate(), **em, "epochs_completed": trainer.state.epoch}
+        # The verdict too is the checkpoint's: a run stopped for a collapse has no summary.json to carry it.
+        summary = {**_summary(run_dir), **trainer.evaluate(), **em, "epochs_completed": trainer.state.epoch,
+                   **trainer.health.summary()}
         return trainer.result(summary)
     finally:
         trainer.close()
@@ -147,8 +150,12 @@ def _summary(run_dir: Path) -> dict:
 
 def _export(args: argparse.Namespace) -> None:
     refuse_file_in_the_way(Path(args.run_dir) / HUB_DIR, "export", "move it aside and export again")
-    published = publish_run(finished_run(args.run_dir), repo_id=args.push)
+    result = finished_run(args.run_dir)
+    published = publish_run(result, repo_id=args.push)
     print(f"exported {published.hub_dir}, {published.label_issues} and {len(published.plots)} plot(s)")
+    warning = untrusted_outputs_line(summary_verdict(result.summary))
+    if warning:
+        print(warning)
     if args.push:
         url = push_folder(published.hub_dir, args.push, private=args.private, revision=args.revision)
         print(f"pushed {published.hub_dir} to {url}")

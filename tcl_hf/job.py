@@ -5,6 +5,7 @@ from .config import Config
 from .export import publish_run
 from .hub import push_folder
 from .trainer import Trainer
+from .verdict import summary_verdict, untrusted_outputs_line
 
 
 def run_job(cfg: Config, keep_process_group: bool = False) -> dict:
@@ -23,6 +24,9 @@ def run_job(cfg: Config, keep_process_group: bool = False) -> dict:
         trainer.close(published.plots if published else [])
     if published is not None:
         acc.print(f"exported {published.hub_dir}; label report {published.label_issues}")
+        warning = untrusted_outputs_line(summary_verdict(summary))
+        if warning:
+            acc.print(warning)
         if cfg.hub.repo_id:
             url = push_folder(published.hub_dir, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision)
             acc.print(f"pushed to {url}")

@@ -1,12 +1,14 @@
 """Repair a dataset with a finished run: its training split as a 🤗 dataset (parquet in the Hub's layout plus a
 dataset card) with the original columns, the detector's verdict and the corrected label.
 
-    python -m tcl_hf.repair RUN_DIR [--out DIR] [--push user/name] [--private] [--drop-below P]
+    python -m tcl_hf.repair RUN_DIR [--out DIR] [--push user/name] [--private] [--drop-below P] [--accept-failed]
 
 ``tcl_label`` is the model's prediction where the detector calls the given label noisy (``is_noisy``:
 ``clean_prob`` < 0.5), else the given label. ``--drop-below P`` leaves out the samples whose ``clean_prob``
 is below P; samples the run could not read (no row in ``label_issues.csv``) are left out and counted. The
-folder (default ``RUN_DIR/repaired``) appears whole or not at all; the push comes after it is written.
+folder (default ``RUN_DIR/repaired``) appears whole or not at all; the push comes after it is written. A run whose
+summary.json verdict says it failed (tcl_hf/verdict.py) is refused unless ``--accept-failed``; such a repair, and one
+whose labels came out less accurate than the given ones (true labels known), says so on the console and in the card.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ LOCAL_LOAD_REF = "path/to/this/folder"
 class Repaired:
     folder: Path
     counts: dict
+    warnings: list[str]   # what the card opens with and the console says: a failed run, labels made worse
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def _columns_text(split, config: dict) -> str:
     return "\n".join(lines)
 
 
-def dataset_card(config: dict, summary: dict, split, found, drop_below: float, load_ref: str):
+def dataset_card(config: dict, summary: dict, split, found, drop_below: float, load_ref: str, warnings: list[str]):
     """The card of a repaired dataset; ``config`` is the run's public configuration (tcl_hf.card.public_config)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -128,7 +131,41 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
         truth_text="synthetic noise on known labels" if config["noise"].get("type") != "none" else "a clean column",
         given_correct=label_accuracy(given, truth) if truth is not None else "n/a",
         tcl_correct=label_accuracy(found.tcl_label, truth) if truth is not None else "n/a",
-        load_ref=load_ref, recipe=yaml.safe_dump(config, sort_keys=False).rstrip(), **shown)
+        load_ref=load_ref, recipe=yaml.safe_dump(config, sort_keys=False).rstrip(), warnings=warnings, **shown)
+
+
+# ---- what the repair must warn about ------------------------------------------------------------------------------
+def _checked_verdict(run_dir: Path, summary: dict, accept_failed: bool) -> list[str]:
+    """The run's verdict (summary.json; tcl_hf/verdict.py): a failed run, or one that never finished (no summary.json,
+    e.g. a re-export of a run stopped for a collapse), is refused unless ``accept_failed``, and then warned about."""
+    from .verdict import VERDICT_OK, summary_verdict, verdict_explained
+
+    if not (run_dir / SUMMARY_FILE).is_file():
+        what, remedy = "never finished (no summary.json)", "finish it with train.resume=true"
+        warning = f"the run that repaired these labels {what}: its verdicts come from a model stopped before the end"
+    else:
+        verdict = summary_verdict(summary)
+        if verdict == VERDICT_OK:
+            return []
+        what, remedy = f"is a failed run (TCL {verdict}, summary.json)", "train it again"
+        warning = f"the run that repaired these labels failed (TCL {verdict}): {verdict_explained(verdict)}"
+    if not accept_failed:
+        raise TCLError(f"{run_dir} {what}: its label verdicts are not to be trusted; {remedy}, or repair anyway with "
+                       f"--accept-failed")
+    return [warning]
+
+
+def _accuracy_warning(split, found) -> list[str]:
+    """When the true labels are known: a repair that made the kept labels less accurate than the given ones."""
+    if split.clean is None:
+        return []
+    truth = split.clean[found.kept]
+    given_right, repaired_right = int((split.given[found.kept] == truth).sum()), int((found.tcl_label == truth).sum())
+    if repaired_right >= given_right:
+        return []
+    return [f"the repaired labels are less accurate than the given ones: tcl_label is right for {repaired_right}, "
+            f"the given label for {given_right} of the {len(truth)} kept samples (true labels known); use the given "
+            f"labels"]
 
 
 # ---- the whole repair ----------------------------------------------------------------------------------------------
@@ -141,9 +178,10 @@ def _replace(staging: Path, out: Path, aside: Path) -> None:
 
 
 def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below: float = 0.0,
-               repo_id: str | None = None) -> Repaired:
+               repo_id: str | None = None, accept_failed: bool = False) -> Repaired:
     """Write the repaired training split of ``run_dir`` to ``out`` (default ``run_dir/repaired``); ``repo_id`` only
-    sets the card's loading example (pushing is ``tcl_hf.hub.push_folder``'s job)."""
+    sets the card's loading example (pushing is ``tcl_hf.hub.push_folder``'s job). A run whose verdict says it failed
+    is refused unless ``accept_failed``."""
     from .card import public_config
     from .config import read_recipe
     from .report import load_label_issues
@@ -158,6 +196,8 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_repaired_folder(out))):
         raise TCLError(f"--out: {out} exists and is not a dataset written by tcl_hf.repair; choose another --out")
     cfg = _run_config(run_dir)
+    summary = _summary(run_dir)
+    warnings = _checked_verdict(run_dir, summary, accept_failed)
     # Writing into the run folder: hold its lock, so a run resumed or overwritten there cannot interleave.
     inside = out.resolve().is_relative_to(run_dir.resolve())
     lock = RunLock(run_dir).acquire() if inside else None
@@ -170,19 +210,20 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
             raise TCLError(f"nothing to write: of the {counts['rows']} training samples of {run_dir}, "
                            f"{counts['unreadable']} have no verdict and {counts['dropped']} have clean_prob < "
                            f"{drop_below} (--drop-below)")
+        warnings += _accuracy_warning(split, found)
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as scratch:
             staging = Path(scratch) / "dataset"
             write_parquet(*repaired_rows(split, found), staging, Path(scratch))
             # The card shows the run's own recipe, not the listing-only keys set above.
-            card = dataset_card(public_config(read_recipe(run_dir / CONFIG_FILE)), _summary(run_dir), split, found,
-                                drop_below, load_ref=repo_id or LOCAL_LOAD_REF)
+            card = dataset_card(public_config(read_recipe(run_dir / CONFIG_FILE)), summary, split, found,
+                                drop_below, load_ref=repo_id or LOCAL_LOAD_REF, warnings=warnings)
             card.save(staging / "README.md")
             _replace(staging, out, Path(scratch) / "previous")
     finally:
         if lock is not None:
             lock.release()
-    return Repaired(out, found.counts)
+    return Repaired(out, found.counts, warnings)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -196,16 +237,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--drop-below", metavar="P", type=float, default=0.0,
                         help="leave out samples whose clean_prob is below P (default 0: keep every readable sample)")
+    parser.add_argument("--accept-failed", action="store_true",
+                        help="repair even with a run whose summary.json verdict says it failed (collapsed, or never "
+                             "left warm-up) or that has no summary.json; the card and the console then say so")
     return parser
 
 
 def _repair(args: argparse.Namespace) -> None:
     from .hub import push_folder
 
-    done = repair_run(args.run_dir, args.out, drop_below=args.drop_below, repo_id=args.push)
+    done = repair_run(args.run_dir, args.out, drop_below=args.drop_below, repo_id=args.push,
+                      accept_failed=args.accept_failed)
     counts = done.counts
     print(f"wrote {done.folder}: {counts['kept']} of {counts['rows']} training samples ({counts['relabelled']} "
           f"relabelled, {counts['dropped']} dropped below {args.drop_below}, {counts['unreadable']} unreadable)")
+    for warning in done.warnings:
+        print(f"warning: {warning}")
     if args.push:
         url = push_folder(done.folder, args.push, private=args.private, repo_type="dataset",
                           commit_message="Upload repaired dataset (tcl_hf)")

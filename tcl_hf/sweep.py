@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .command import is_main_process, run_command
 from .errors import TCLError, one_line
+from .verdict import VERDICT_OK, summary_verdict
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, SUMMARY_FILE, atomic_write_text
 
 # TCL's published test accuracy (%) by recipe stem: spec section 8 (the paper's Table 2 for CIFAR; WebVision:
@@ -183,13 +184,17 @@ def aggregate(runs: list[PlannedRun]) -> list[dict]:
     rows = []
     for recipe in recipes:
         planned = [run for run in runs if run.recipe == recipe]
-        summaries = [s for run in planned if (s := _finished_summary(run)) is not None]
+        finished = [(run.seed, s) for run in planned if (s := _finished_summary(run)) is not None]
+        summaries = [s for _, s in finished]
         row = {"recipe": recipe.stem, "seeds_done": len(summaries), "seeds": len(planned)}
         for key in METRICS:
             values = [float(s[key]) for s in summaries if isinstance(s.get(key), (int, float))]
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
         paper = PAPER_TEST_ACC.get(recipe.stem)
         row["paper_test_acc"] = paper / 100 if paper is not None else None
+        # Failed seeds stay in the mean (leaving them out would flatter the recipe) and are named beside it.
+        row["failed_seeds"] = "; ".join(f"seed {seed} {verdict}" for seed, s in finished
+                                        if (verdict := summary_verdict(s)) != VERDICT_OK)
         rows.append(row)
     return rows
 
@@ -203,8 +208,10 @@ def _shown(mean: float | None, std: float | None, scale: float, digits: int) -> 
 def markdown(rows: list[dict]) -> str:
     lines = ["| recipe | seeds done | test acc. % | TCL paper % | noise AUC | label acc. % |",
              "|---|---|---|---|---|---|"]
+    failed = [f"{r['recipe']}: {r['failed_seeds']}" for r in rows if r["failed_seeds"]]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['seeds_done']}/{r['seeds']} | "
+        marked = f" ({r['failed_seeds'].count(';') + 1} failed)" if r["failed_seeds"] else ""
+        lines.append(f"| {r['recipe']} | {r['seeds_done']}/{r['seeds']}{marked} | "
                      f"{_shown(r['test_acc_mean'], r['test_acc_std'], 100, 2)} | "
                      f"{_shown(r['paper_test_acc'], None, 100, 1)} | "
                      f"{_shown(r['noise_auc_mean'], r['noise_auc_std'], 1, 4)} | "
@@ -212,6 +219,9 @@ def markdown(rows: list[dict]) -> str:
     note = ("Mean ± sample standard deviation (n−1) over the finished seeds; one seed: its value. TCL paper: the "
             "published test accuracy (WebVision: top-1 on its val set). label acc.: the model's predictions "
             "against the true training labels.")
+    if failed:
+        note += (" Failed seeds (TCL collapsed, or never left its warm-up: tcl_hf/verdict.py) are counted in the "
+                 "mean, and their outputs are not to be trusted: " + "; ".join(failed) + ".")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 

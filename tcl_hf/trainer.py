@@ -81,7 +81,7 @@ class Trainer:
         start = start_from_tcl_run(cfg.init.from_, to_dict(cfg), model, given, cfg.plus.threshold) if (
             cfg.method == "tcl_plus") else None
         if start is not None:
-            acc.print(f"TCL+: the TCL run's clusters relabel {start.changed} of {len(given)} training labels")
+            acc.print(start.describe(len(given)))
         if acc.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay,
@@ -266,6 +266,7 @@ class Trainer:
         if cfg.train.resume:
             acc.print(f"resumed from {self._resumed_from} (epoch {st.epoch}, step {st.step})" if resumed
                       else f"no checkpoint in {self.output_dir}: starting from scratch")
+            self.health.after_resume()  # a collapse recorded before the resume stays in force
             if acc.is_main_process:  # records after the checkpoint (all of them without one) will be redone
                 rundir.trim_metrics(self.output_dir, st.epoch)
         if not resumed:

@@ -18,6 +18,7 @@ from tcl_hf.errors import ConfigError
 from tcl_hf.methods import Method
 from tcl_hf.optim import auto_lr_at
 from tcl_hf.state import RunState
+from tcl_hf.verdict import run_verdict, summary_verdict, untrusted_outputs_line
 
 T = torch.tensor
 
@@ -153,7 +154,7 @@ def test_auto_warmup_switches_once_settled_and_judges_only_tcl_epochs():
     assert "the warm-up had settled" in line and "\n" not in line
     record = {"clean_ratio_est": 0.3}
     assert monitor.after_epoch(9, record, SPREAD, GIVEN) is None and record["collapsed"] is True  # said once
-    assert monitor.summary() == {"tcl_from_epoch": 7, "collapsed_epoch": 8}
+    assert monitor.summary() == {"tcl_from_epoch": 7, "collapsed_epoch": 8, "verdict": "collapsed at epoch 8"}
 
 
 def test_auto_warmup_stops_at_its_bound():
@@ -175,7 +176,7 @@ def test_fixed_warmup_is_judged_from_its_first_tcl_epoch():
     line = monitor.after_epoch(3, record, T([0, 0, 0, 0, 0, 0, 0, 1]), GIVEN)
     assert record["pred_entropy_ratio"] < 0.5 and line.startswith("TCL collapsed at epoch 3")
     assert "optim.warmup_epochs=auto" in line
-    assert monitor.summary() == {"tcl_from_epoch": 3, "collapsed_epoch": 3}
+    assert monitor.summary() == {"tcl_from_epoch": 3, "collapsed_epoch": 3, "verdict": "collapsed at epoch 3"}
 
 
 @pytest.mark.parametrize("scales, advised", [((), True), (("tcl.scale1=1", "tcl.scale2=1"), False),
@@ -191,7 +192,8 @@ def test_ce_signals_are_logged_never_judged():
     record = {"clean_ratio_est": 0.01}
     assert monitor.after_epoch(1, record, T([0] * 8), GIVEN) is None
     assert record["pred_entropy_ratio"] == 0.0 and "collapsed" not in record and st.warmup_history == []
-    assert monitor.summary() == {"tcl_from_epoch": None, "collapsed_epoch": None}
+    st.epoch = 20
+    assert monitor.summary() == {"tcl_from_epoch": None, "collapsed_epoch": None, "verdict": "ok"}  # no TCL warm-up
     assert monitor.lr_switch() == 2  # no TCL phase: the cosine starts after the ramp, a tenth of 20 epochs
 
 
@@ -203,6 +205,52 @@ def test_respond_warns_or_stops_with_the_line():
     with pytest.raises(CollapseStop, match=r"^TCL collapsed at epoch 3: x; checkpoint: ckpt$"):
         stopping.respond("TCL collapsed at epoch 3: x", "ckpt")
     stopping.respond(None, "ckpt")  # healthy: nothing happens
+
+
+# ---- the run's verdict --------------------------------------------------------------------------------------
+def test_verdict_rule_by_hand():
+    assert run_verdict("tcl", 3, None, 5) == "ok"
+    assert run_verdict("tcl", 5, None, 5) == "ok"                       # one TCL epoch, the last
+    assert run_verdict("tcl", 6, None, 5) == "never left warm-up"
+    assert run_verdict("tcl", None, None, 5) == "never left warm-up"   # auto warm-up never switched
+    assert run_verdict("tcl", 3, 4, 5) == "collapsed at epoch 4"
+    assert run_verdict("ce", None, None, 5) == "ok"
+    assert run_verdict("tcl_plus", None, None, 5) == "ok"
+    assert summary_verdict({"verdict": "collapsed at epoch 2"}) == "collapsed at epoch 2"
+    assert summary_verdict({"test_acc": 0.5}) == "ok"                   # written before verdicts
+    assert untrusted_outputs_line("ok") is None
+    line = untrusted_outputs_line("never left warm-up")
+    assert line.startswith("warning: label_issues.csv and the model are not to be trusted") and "\n" not in line
+
+
+@pytest.mark.parametrize("overrides, epochs_done, verdict", [
+    (("optim.warmup_epochs=21",), 20, "never left warm-up"),   # TCL would start at epoch 21 of 20
+    (("optim.warmup_epochs=20",), 20, "ok"),                   # epoch 20 trained TCL
+    (("optim.warmup_epochs=5", "train.max_steps=10"), 4, "never left warm-up"),  # max_steps ended it at epoch 4
+    (("optim.warmup_epochs=auto",), 20, "never left warm-up"),  # the automatic warm-up never switched
+    (("optim.warmup_epochs=30", "method=ce"), 20, "ok"),       # CE has no TCL warm-up
+])
+def test_summary_says_when_tcl_never_left_its_warmup(overrides, epochs_done, verdict):
+    monitor, st, _ = _monitor(*overrides)
+    st.epoch = epochs_done
+    assert monitor.summary()["verdict"] == verdict
+
+
+def test_a_resumed_collapsed_run_stops_again_or_says_it_again():
+    stopping, st, _ = _monitor("optim.warmup_epochs=3", "train.on_collapse=stop")
+    stopping.after_resume()  # nothing recorded: nothing happens
+    st.collapsed_epoch = 4
+    with pytest.raises(CollapseStop) as err:
+        stopping.after_resume()
+    line = str(err.value)
+    assert line.startswith("TCL collapsed at epoch 4, before this resume") and "overwrite=true" in line
+    assert "optim.warmup_epochs=auto" in line and "\n" not in line
+    warning, st, said = _monitor("optim.warmup_epochs=3")
+    st.collapsed_epoch = 4
+    warning.after_resume()
+    assert len(said) == 1 and "collapsed at epoch 4" in said[0]
+    st.epoch = 20
+    assert warning.summary()["verdict"] == "collapsed at epoch 4"
 
 
 # ---- through a run (digits, CPU) ---------------------------------------------------------------------------
@@ -263,3 +311,42 @@ def test_on_collapse_stop_exits_nonzero_with_one_line_and_a_checkpoint(tmp_path,
     assert err[0].endswith(str(tmp_path / "checkpoints" / "step_00000010"))
     assert (tmp_path / "checkpoints" / "step_00000010" / "run_state.json").is_file()
     assert [r["epoch"] for r in _records(tmp_path)] == [1] and _records(tmp_path)[0]["collapsed"] is True
+
+
+@pytest.mark.slow
+def test_a_run_stopped_for_collapse_and_resumed_stops_again(tmp_path, monkeypatch, capsys, fresh_accelerate):
+    from tcl_hf.cli import main
+
+    monkeypatch.setattr(collapse, "MIN_ENTROPY_RATIO", 1.01)
+    args = [*TINY, "data.limit=96", "train.epochs=2", "optim.warmup_epochs=1", "train.on_collapse=stop",
+            f"output_dir={tmp_path}"]
+    assert main(args) == 2
+    capsys.readouterr()
+    assert main([*args, "train.resume=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: TCL collapsed at epoch 1, before this resume")
+    # Nothing trained on, nothing published.
+    assert [r["epoch"] for r in _records(tmp_path)] == [1]
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "hub").exists()
+    # A re-export of the stopped run (no summary.json) still carries the collapse, from the checkpoint.
+    from tcl_hf import export
+
+    assert export.main([str(tmp_path)]) == 0
+    assert "not to be trusted: TCL collapsed at epoch 1" in capsys.readouterr().out
+    assert "> **Warning: this run failed (TCL collapsed at epoch 1)" in (tmp_path / "hub" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_collapsed_run_says_so_in_every_output(tmp_path, monkeypatch, capsys, fresh_accelerate):
+    from huggingface_hub import ModelCard
+
+    from tcl_hf.cli import main
+
+    monkeypatch.setattr(collapse, "MIN_ENTROPY_RATIO", 1.01)
+    assert main([*TINY, "data.limit=96", "train.epochs=1", "optim.warmup_epochs=1", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text())["verdict"] == "collapsed at epoch 1"
+    assert (tmp_path / "label_issues.csv").is_file()  # still written
+    assert len([line for line in out.splitlines() if "not to be trusted" in line]) == 1
+    body = ModelCard.load(tmp_path / "hub" / "README.md").text.strip().splitlines()
+    assert body[0].startswith("# ") and body[2].startswith("> **Warning: this run failed (TCL collapsed at epoch 1)")

@@ -194,6 +194,19 @@ def test_model_card_without_clean_labels_has_no_detection_metrics():
     assert "detection quality was not measured" in parsed.text
 
 
+@pytest.mark.parametrize("verdict, says", [("collapsed at epoch 4", "the classifier degenerated"),
+                                            ("never left warm-up", "plain warm-up classifier")])
+def test_model_card_of_a_failed_run_opens_with_a_warning(verdict, says):
+    cfg = run_config(model__backbone="resnet18", data__format="digits")
+    body = ModelCard(str(model_card(cfg, {**METRICS, "verdict": verdict}, load_ref="local-dir:x"))).text
+    lines = body.strip().splitlines()
+    assert lines[0].startswith("# ") and lines[1] == ""
+    assert lines[2].startswith(f"> **Warning: this run failed (TCL {verdict}).** What happened: ")
+    assert says in body and "train" in lines[2]
+    healthy = ModelCard(str(model_card(cfg, {**METRICS, "verdict": "ok"}, load_ref="local-dir:x"))).text
+    assert "Warning" not in healthy and healthy.strip().splitlines()[2].startswith("An image classifier")
+
+
 # ---- push ------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def hub_folder(tmp_path):
@@ -345,8 +358,13 @@ def tiny_run(tmp_path_factory):
 def test_export_cli_reexports_a_finished_run(tiny_run, capsys):
     run_dir, trainer, summary = tiny_run
     assert export.main([str(run_dir)]) == 0
-    assert "exported" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "exported" in printed
+    # One epoch inside the default 20-epoch warm-up: TCL never started, and the re-export says so.
+    assert summary["verdict"] == "never left warm-up"
+    assert "warning: label_issues.csv and the model are not to be trusted: TCL never left warm-up" in printed
     hub_dir = run_dir / "hub"
+    assert "> **Warning: this run failed (TCL never left warm-up)" in (hub_dir / "README.md").read_text()
     assert HUB_FILES <= {p.name for p in hub_dir.iterdir()}
 
     # The exported classifier reproduces the trained model on the test images, through timm's loader.

@@ -51,7 +51,7 @@ def files_containing(folder: Path, text: str) -> list[str]:
 
 
 def write_run(run_dir: Path, overrides: list[str], given: np.ndarray, clean: np.ndarray | None, seed: int = 0,
-              unreadable=UNREADABLE, summary: dict | None = None) -> pd.DataFrame:
+              unreadable=UNREADABLE, summary: dict | None = None, predicted: np.ndarray | None = None) -> pd.DataFrame:
     """A finished run made up here: its config, a report with chosen verdicts (rows ``unreadable`` left out)
     and a summary. Returns the report as written, most suspect first, as the trainer writes it."""
     run_dir.mkdir(parents=True)
@@ -60,7 +60,8 @@ def write_run(run_dir: Path, overrides: list[str], given: np.ndarray, clean: np.
     n = len(given)
     clean_prob = rng.uniform(0.0, 1.0, n).round(6)
     clean_prob[:4] = [0.3, 0.29999, 0.5, 0.49999]  # the --drop-below and is_noisy boundaries
-    predicted = np.where(rng.uniform(size=n) < 0.5, (given + 1) % 10, given)
+    flipped = np.where(rng.uniform(size=n) < 0.5, (given + 1) % 10, given)
+    predicted = flipped if predicted is None else predicted
     table = label_issues(given, predicted, clean_prob, clean)
     table = table[~table["index"].isin(unreadable)].reset_index(drop=True)
     table.to_csv(run_dir / LABEL_ISSUES_FILE, index=False)
@@ -197,6 +198,56 @@ def test_a_folder_without_a_run_is_one_line(tmp_path, capsys):
     assert repair.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "config.yaml does not exist" in err
+
+
+@pytest.mark.parametrize("verdict", ["collapsed at epoch 2", "never left warm-up"])
+def test_a_failed_run_is_refused_unless_accepted_and_then_says_so(tmp_path, capsys, verdict):
+    truth = np.asarray(digits_dataset_dict()["train"]["label"][:LIMIT], dtype=np.int64)
+    given = symmetric_noise(truth, 0.4, 10, seed=0)
+    run_dir = tmp_path / "run"
+    write_run(run_dir, DIGITS, given, truth, summary={**SUMMARY, "verdict": verdict}, predicted=truth)
+    assert repair.main([str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"failed run (TCL {verdict}" in err and "--accept-failed" in err
+    assert not (run_dir / REPAIRED_DIR).exists()
+    assert repair.main([str(run_dir), "--accept-failed"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"failed (TCL {verdict})" in warnings[0]
+    body = DatasetCard.load(run_dir / REPAIRED_DIR / "README.md").text.strip().splitlines()
+    assert body[0].startswith("# ") and body[2].startswith(f"> **Warning: the run that repaired these labels failed "
+                                                            f"(TCL {verdict})")
+
+
+def test_a_run_that_never_finished_is_refused_unless_accepted(digits_run, capsys):
+    run_dir, _, _, _ = digits_run
+    (run_dir / SUMMARY_FILE).unlink()  # e.g. stopped for a collapse, then re-exported from its checkpoint
+    assert repair.main([str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "never finished (no summary.json)" in err and "--accept-failed" in err
+    assert not (run_dir / REPAIRED_DIR).exists()
+    assert repair.main([str(run_dir), "--accept-failed"]) == 0
+    assert "warning: the run that repaired these labels never finished" in capsys.readouterr().out
+
+
+def test_a_repair_that_makes_the_labels_worse_says_so(digits_run, tmp_path, capsys):
+    run_dir, table, truth, _ = digits_run
+    want = expected_rows(table)
+    given_right = int((want["given_label"] == truth[want["index"]]).sum())
+    repaired_right = int((want["tcl"] == truth[want["index"]]).sum())
+    assert repaired_right < given_right  # the made-up run predicts given + 1 for half the samples
+    assert repair.main([str(run_dir)]) == 0
+    warning = (f"the repaired labels are less accurate than the given ones: tcl_label is right for {repaired_right}, "
+               f"the given label for {given_right} of the {len(want)} kept samples")
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")] == [
+        f"warning: {warning} (true labels known); use the given labels"]
+    body = DatasetCard.load(run_dir / REPAIRED_DIR / "README.md").text.strip().splitlines()
+    assert body[2].startswith(f"> **Warning: {warning}")
+    # A repair that predicts the true labels makes them better: nothing to warn about.
+    better = tmp_path / "better"
+    write_run(better, DIGITS, symmetric_noise(truth, 0.4, 10, seed=0), truth, predicted=truth)
+    assert repair.main([str(better)]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert "Warning" not in DatasetCard.load(better / REPAIRED_DIR / "README.md").text
 
 
 # ---- other sources ---------------------------------------------------------------------------------------------
@@ -390,9 +441,13 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_repair_of_a_trained_run_matches_its_report(trained_run):
+def test_repair_of_a_trained_run_matches_its_report(trained_run, capsys):
     out = trained_run.parent / "published"
-    assert repair.main([str(trained_run), "--out", str(out), "--drop-below", "0.2"]) == 0
+    # One epoch inside the default 20-epoch warm-up: TCL never started, so the repair needs --accept-failed.
+    assert json.loads((trained_run / SUMMARY_FILE).read_text())["verdict"] == "never left warm-up"
+    assert repair.main([str(trained_run), "--out", str(out), "--drop-below", "0.2"]) == 2
+    assert "--accept-failed" in capsys.readouterr().err
+    assert repair.main([str(trained_run), "--out", str(out), "--drop-below", "0.2", "--accept-failed"]) == 0
     report = pd.read_csv(trained_run / LABEL_ISSUES_FILE).sort_values("index")
     kept = report[report["clean_prob"] >= 0.2]
     ds = load_repaired(out)

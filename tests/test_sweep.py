@@ -112,13 +112,33 @@ def test_table_counts_only_finished_runs_with_the_sweeps_settings(tmp_path):
     assert table_row(md, "mine") == "| mine | 1/3 | 60.00 | — | 0.9000 | 70.00 |"
 
 
+def test_table_marks_failed_seeds_and_keeps_them_in_the_mean(tmp_path):
+    path = recipe(tmp_path, "mine")
+    out = tmp_path / "sweep"
+    verdicts = ["ok", "collapsed at epoch 3", "never left warm-up"]
+    for seed, (t, verdict) in enumerate(zip([0.9, 0.1, 0.5], verdicts)):
+        finish(out, path, seed, {"test_acc": t, "noise_auc": None, "label_acc": None, "verdict": verdict})
+    finish(out, recipe(tmp_path, "fine"), 0, {"test_acc": 0.5, "verdict": "ok"})
+    runs = sweep.plan([path, tmp_path / "fine.yaml"], [0, 1, 2], out, [])
+    rows = sweep.aggregate(runs)
+    md = sweep.markdown(rows)
+    assert table_row(md, "mine") == "| mine | 3/3 (2 failed) | 50.00 ± 40.00 | — | — | — |"
+    assert table_row(md, "fine") == "| fine | 1/3 | 50.00 | — | — | — |"
+    assert "mine: seed 1 collapsed at epoch 3; seed 2 never left warm-up" in md
+    sweep.write_tables(out, rows)
+    import csv
+
+    table = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["failed_seeds"] for r in table] == ["seed 1 collapsed at epoch 3; seed 2 never left warm-up", ""]
+
+
 # ---- refusals ------------------------------------------------------------------------------------------------
 # A resume may extend train.epochs, but a finished run of another length is not the run asked for.
 @pytest.mark.parametrize("setting", ["noise.rate=0.2", "train.epochs=7"])
 def test_a_finished_run_with_other_settings_stops_the_sweep_in_one_line(tmp_path, capsys, setting):
     path = recipe(tmp_path, "mine")
     out = tmp_path / "sweep"
-    folder = finish(out, path, 0, {"test_acc": 0.5})
+    finish(out, path, 0, {"test_acc": 0.5})
     assert sweep.main([str(path), "--seeds", "0", "--out", str(out)]) == 0  # the table of the sweep as it was
     capsys.readouterr()
     before = digest(out)
@@ -191,4 +211,6 @@ def test_a_killed_sweep_skips_the_finished_run_and_resumes_the_killed_one(tmp_pa
                                      (cells[5], "label_acc", 100, 2)):
         values = np.array([s[key] for s in summaries]) * scale
         assert cell == f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-    assert cells[1] == "2/2"
+    # The tiny run's verdict is what it is (2 epochs of 48 images may well collapse): the cell marks it exactly.
+    failed = [s["verdict"] for s in summaries if s.get("verdict", "ok") != "ok"]
+    assert cells[1] == "2/2" + (f" ({len(failed)} failed)" if failed else "")

@@ -11,7 +11,7 @@ from .checkpoints import (checkpoint_dirs, checkpoint_name, checkpoint_problem, 
 from .folder import (OUTCOME_NEUTRAL, append_metrics, atomic_write_text, check_reuse, check_writable,
                      clear_previous_outputs, existing_outputs, read_metrics, read_saved_config, run_differences,
                      trim_metrics)
-from .lock import RunLock, lock_run_folder
+from .lock import RunLock, lock_run_folder, shared_run_lock
 from .names import (CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, LABEL_ISSUES_FILE, LOCK_FILE, MANIFEST_FILE, METRICS_FILE,
                     PLOTS_DIR, REPAIRED_DIR, RUN_OUTPUTS, SUMMARY_FILE)
 
@@ -20,4 +20,5 @@ __all__ = ["OUTCOME_NEUTRAL", "CHECKPOINTS_DIR", "CONFIG_FILE", "HUB_DIR", "LABE
            "atomic_write_text",
            "check_reuse", "check_writable", "checkpoint_dirs", "checkpoint_name", "checkpoint_problem",
            "clear_previous_outputs", "existing_outputs", "load_newest_checkpoint", "lock_run_folder", "newest_intact",
-           "read_metrics", "read_saved_config", "run_differences", "trim_metrics", "write_checkpoint", "write_manifest"]
+           "read_metrics", "read_saved_config", "run_differences", "shared_run_lock", "trim_metrics",
+           "write_checkpoint", "write_manifest"]

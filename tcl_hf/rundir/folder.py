@@ -14,8 +14,9 @@ from .names import CONFIG_FILE, METRICS_FILE, RUN_OUTPUTS
 
 # Keys a resumed run may change without becoming a different run.
 # Settings that never change what a run computes (with the prefixes below): a finished run stays comparable.
+# init.accept_failed only lets a TCL+ run start; a run saved before the key existed resumes as the same run.
 OUTCOME_NEUTRAL = ("output_dir", "train.resume", "data.num_workers", "overwrite", "train.eval_batch_size",
-                   "train.checkpoints_to_keep")
+                   "train.checkpoints_to_keep", "init.accept_failed")
 # A resume may also lengthen the schedule.
 RESUMABLE_CHANGES = (*OUTCOME_NEUTRAL, "train.epochs", "train.max_steps")
 

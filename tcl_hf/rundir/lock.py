@@ -5,8 +5,9 @@ import errno
 import fcntl
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import TCLError
 from .folder import check_writable
@@ -86,6 +87,44 @@ def lock_run_folder(output_dir: Path, is_main: bool, agree: Callable[[bool], boo
     if agree(problem is not None):
         raise problem or TCLError(f"output_dir: {output_dir} is in use by another tcl_hf run")
     return lock
+
+@contextmanager
+def shared_run_lock(output_dir: Path, key: str) -> Iterator[None]:
+    """Hold ``output_dir``'s lock shared while reading a finished run's files: readers share it, a run training or
+    resuming there holds it exclusively, so reading waits for no one and either refuses at once (one line under
+    ``key``) or reads while no run can start. A folder without the lock file never held a run. Where the file
+    system has no ``flock``, a live holder's pid file refuses; nothing is held then."""
+    path = Path(output_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TCLError(f"{key}: {path.parent} is in use by a tcl_hf run ({_read_holder(fd)}), which is still "
+                           f"training it; wait for it to finish") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            _refuse_live_pid_file(path.with_suffix(".pid"), key)
+        yield
+    finally:
+        os.close(fd)  # drops the shared lock
+
+
+def _refuse_live_pid_file(pid_file: Path, key: str) -> None:
+    try:
+        holder = pid_file.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return
+    host, _, pid = holder.partition(" pid ")
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        return  # left by a run that died on this machine
+    raise TCLError(f"{key}: {pid_file.parent} is in use by a tcl_hf run ({holder}), which is still training it; "
+                   f"wait for it to finish")
 
 def _holder_text() -> str:
     return f"{socket.gethostname()} pid {os.getpid()}"

@@ -1,0 +1,54 @@
+"""May a finished run's outputs be trusted? Its verdict, decided once (``run_verdict``, by
+``tcl_hf.collapse.HealthMonitor.summary``) and written to summary.json as ``verdict``; the model card, the
+console, the repair (``--accept-failed``), TCL+'s ``init.from`` (``init.accept_failed``) and the sweep's table
+read it from there.
+
+- ``collapsed at epoch N``: a method=tcl run judged collapsed (``tcl_hf.collapse.collapse_reasons``) at TCL
+  epoch N, even if later epochs look healthy again: the collapse is a feedback loop; its model is not trusted.
+- ``never left warm-up``: a method=tcl run that trained no epoch with TCL's objective. A fixed
+  optim.warmup_epochs W trains TCL from epoch max(W, 1), so W > the epochs trained; an automatic warm-up had
+  not switched when training ended (train.epochs or train.max_steps first). Its model is the warm-up's
+  cross-entropy classifier, and the noise verdicts of label_issues.csv never went through TCL's training.
+- ``ok``: anything else. method=ce and method=tcl_plus train on fixed labels with no weight that follows the
+  clean-ratio estimate, so they are never judged (``HealthMonitor.judged``) and have no TCL warm-up: their
+  verdict is always ``ok``.
+"""
+from __future__ import annotations
+
+VERDICT_OK = "ok"
+NEVER_LEFT_WARMUP = "never left warm-up"
+
+
+def run_verdict(method: str, first_tcl_epoch: int | None, collapsed_epoch: int | None, epochs_done: int) -> str:
+    """The verdict of a run that trained ``epochs_done`` epochs (the rule above)."""
+    if collapsed_epoch is not None:
+        return f"collapsed at epoch {collapsed_epoch}"
+    if method == "tcl" and (first_tcl_epoch is None or first_tcl_epoch > epochs_done):
+        return NEVER_LEFT_WARMUP
+    return VERDICT_OK
+
+
+def summary_verdict(summary: dict) -> str:
+    """The verdict a run's summary.json records; one written before verdicts existed counts as ``ok``."""
+    verdict = summary.get("verdict", VERDICT_OK)
+    return verdict if isinstance(verdict, str) else VERDICT_OK
+
+
+def verdict_explained(verdict: str) -> str:
+    """What a failed verdict means for the run's outputs and what to do, one sentence without its subject (the
+    verdict) and final period."""
+    if verdict == NEVER_LEFT_WARMUP:
+        return ("optim.warmup_epochs reaches past the epochs trained, or the automatic warm-up never switched, so the "
+                "model is a plain warm-up classifier and its noise verdicts never went through TCL; train with more "
+                "train.epochs than optim.warmup_epochs, or with optim.warmup_epochs=auto")
+    return ("the classifier degenerated, so its predictions and noise verdicts are worse than a cross-entropy "
+            "baseline's; train again with the fix the run printed (e.g. optim.warmup_epochs=auto, a lower optim.lr, "
+            "tcl.scale1=1 tcl.scale2=1) or use method=ce")
+
+
+def untrusted_outputs_line(verdict: str) -> str | None:
+    """The console's one line after publishing a failed run (None for ``ok``)."""
+    if verdict == VERDICT_OK:
+        return None
+    return (f"warning: label_issues.csv and the model are not to be trusted: TCL {verdict}: "
+            f"{verdict_explained(verdict)}")
