@@ -135,6 +135,37 @@ def test_crafted_file_is_refused_without_running_it(tmp_path):
     assert marker.exists()
 
 
+class RunsACommand:
+    """Unpickling this calls os.system(command): the classic crafted pickle, with a harmless command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_os_system_is_named_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save({"clean_label": np.zeros(3, dtype=np.int64), "aggre_label": RunsACommand(f"touch '{marker}'")}, path)
+    with pytest.raises(DataError) as info:
+        load_cifarn_labels(path, "aggre", np.zeros(3, dtype=np.int64))
+    message = str(info.value)
+    assert not marker.exists()
+    assert "\n" not in message and "refused without running it" in message
+    assert "posix.system" in message  # what was blocked, by name
+    assert "weights_only" not in message and "will likely succeed" not in message  # never torch's unsafe advice
+
+
+def test_empty_file_says_so(tmp_path):
+    path = tmp_path / "CIFAR-10_human.pt"
+    path.touch()
+    with pytest.raises(DataError, match=r"noise.file: .*CIFAR-10_human.pt.* is an empty file") as info:
+        load_cifarn_labels(path, "aggre", np.zeros(3, dtype=np.int64))
+    assert "EOFError" not in str(info.value)
+
+
 def test_float_arrays_are_refused_in_one_line(tmp_path):
     path = tmp_path / "floats.pt"
     torch.save({"clean_label": np.zeros(3), "aggre_label": np.zeros(3)}, path)

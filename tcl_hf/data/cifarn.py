@@ -7,6 +7,7 @@ scrambling the labels.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,33 +38,47 @@ def _safe_globals() -> list:
 
 
 def _refusal(exc: Exception) -> str | None:
-    """The weights-only unpickler's reason for refusing to call or build something the file names
-    (e.g. 'Unsupported global: GLOBAL posix.system'), without its advice to load the file unsafely;
-    None for other failures (not a pickle, truncated)."""
-    _, _, reason = str(exc).partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in reason.splitlines() if line.strip()]
-    if not lines or not lines[0].startswith(("Unsupported global", "Can only build")):
-        return None
-    return lines[0].split(" was not an allowed global")[0].split(". Please")[0]
+    """What the weights-only unpickler refused to call or build (e.g. 'unsupported GLOBAL posix.system'), or None
+    for other failures (not a pickle, truncated)."""
+    text = str(exc)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"unsupported GLOBAL {found.group(1)}"
+    if found := re.search(r"Can only build .*? but got (<class '[\w.]+'>)", text):
+        return f"Can only build integer arrays, got {found.group(1)}"
+    return None
+
+
+def _detail(exc: Exception) -> str:
+    """The reason of a failed load in one line. torch's weights-only message wraps its reason (after
+    'WeightsUnpickler error:', when given) in advice to load the file unsafely, which is never repeated."""
+    text = str(exc)
+    if text.startswith("Weights only load failed"):
+        _, _, text = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _read(path: Path) -> dict:
     import torch
 
     try:
+        if path.stat().st_size == 0:
+            raise DataError(f"noise.file: {str(path)!r} is an empty file (0 bytes); expected CIFAR-10_human.pt or "
+                            f"CIFAR-100_human.pt")
         # weights_only: a .pt is a pickle, and a pickle may run code while it loads; only numpy
         # integer arrays, lists and dicts are let through, before any check sees the content.
         with torch.serialization.safe_globals(_safe_globals()):
             content = torch.load(path, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"noise.file: {str(path)!r} does not exist") from None
+    except DataError:
+        raise
     except Exception as exc:  # torch.load raises many types for a file that is not a torch pickle
         refusal = _refusal(exc)
         if refusal is not None:
             raise DataError(f"noise.file: {str(path)!r} holds more than label arrays ({refusal}); refused "
                             f"without running it — a CIFAR-N file holds only integer arrays and lists") from None
-        raise DataError(f"noise.file: cannot read {str(path)!r} with torch.load ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise DataError(f"noise.file: cannot read {str(path)!r} with torch.load ({_detail(exc)})") from None
     if not isinstance(content, dict) or "clean_label" not in content:
         raise DataError(f"noise.file: {path} is not a CIFAR-N label file (expected a dict with 'clean_label' "
                         f"and noisy label arrays)")
