@@ -474,6 +474,44 @@ def test_pixel_cap_applies_to_embedded_images_too():
     assert ok and array[4, 4].tolist() == [7, 7, 7]
 
 
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 7).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_extreme_aspect_ratio_is_bad_from_the_header(monkeypatch):
+    """A 1x200,000 px PNG is under the pixel cap, yet resizing its shorter side to 256 would allocate ~39 GB:
+    it must be classed bad from the header, before any decoding (which would fail the test here)."""
+    from tcl_hf.data import images
+
+    def never(*args):
+        raise AssertionError("the image reached decoding")
+
+    cell = {"bytes": _png(1, 200_000), "path": None}
+    assert len(cell["bytes"]) < 2000
+    webvision = Decoding(256, 224, "bilinear")
+    with monkeypatch.context() as patch:
+        patch.setattr(images, "to_rgb_array", never)
+        array, ok = images.decode_cell(cell, webvision, "skip")
+        assert not ok and array.shape == (224, 224, 3) and not array.any()
+        with pytest.raises(DataError, match=r"^image an embedded image: cannot be read \(1x200000 pixels, "
+                                            r"aspect ratio over 100:1\)"):
+            images.decode_cell(cell, webvision, "error")
+
+
+def test_resize_target_is_bounded_by_the_pixel_cap(monkeypatch):
+    from tcl_hf.data import images
+
+    cell = {"bytes": _png(10, 900), "path": None}  # aspect 90:1, 9,000 px; at resize 40 it becomes 40x3600
+    with pytest.raises(DataError, match=r"\(10x900 pixels, resized to 40x3600, over data.max_image_pixels=100000\)"):
+        images.decode_cell(cell, Decoding(40, 40, "bilinear"), "error", max_pixels=100_000)
+    array, ok = images.decode_cell(cell, Decoding(40, 40, "bilinear"), "error", max_pixels=144_000)
+    assert ok and array[4, 4].tolist() == [7, 7, 7]  # at the cap it decodes: the bound is not off by one
+    array, ok = images.decode_cell({"bytes": _png(3, 300), "path": None}, bilinear(8), "error")
+    assert ok  # exactly 100:1 is allowed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, value, fmt", [("I;16", 128 * 257, "PNG"), ("I;16B", 128 * 257, "TIFF"),
                                               ("I", 128 * 257, "TIFF"), ("F", 0.5, "TIFF")])

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import datasets
 
 # Part of every file's key: a change to what decoding produces must not reuse older files.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: images too elongated, or too large once resized, are bad images
 
 
 def _cache_paths(split, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int
