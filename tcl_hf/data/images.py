@@ -182,9 +182,9 @@ def _open(cell, decoding: Decoding, max_pixels: int) -> Image.Image:
 
 def decode_cell(cell: dict | str, decoding: Decoding, on_bad_image: str = "error",
                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, bool]:
-    """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one (missing, not
-    a regular file, over `max_pixels` as stored or as resized, too elongated, undecodable) is zeros with ok=False, or a DataError naming
-    it when on_bad_image='error'."""
+    """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one (missing, not a regular
+    file, over `max_pixels` as stored or as resized, too elongated, undecodable) is zeros with ok=False, or a
+    DataError naming it when on_bad_image='error'."""
     try:
         return to_rgb_array(_open(cell, decoding, max_pixels), decoding), True
     except BAD_IMAGE_ERRORS as exc:
