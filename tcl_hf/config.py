@@ -82,7 +82,7 @@ class DataConfig:
     clean_label_column: Optional[str] = option(None, help="column with known clean labels, if any")
     train_split: str = option("train")
     test_split: str = option("test")
-    limit: Optional[int] = option(None, positive, "use only the first N train and N test samples")
+    limit: Optional[int] = option(None, positive, "use a seeded, class-stratified sample of N train and N test rows")
     # 1024 is the largest input of any pretrained timm model (SAM ViTs); a batch of 256 such images
     # already needs >3 GB for its views, and larger sizes only exhaust memory.
     image_size: Optional[int] = option(None, in_range(1, 1024),

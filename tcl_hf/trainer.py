@@ -75,7 +75,7 @@ class Trainer:
         if self.data.unlabelled:
             acc.print(f"left out {self.data.unlabelled} listed training image(s) without an entry in the label file")
         self.num_classes = self.data.num_classes
-        given, self.clean_labels = training_labels(cfg.noise, self.data, cfg.seed, cfg.data.limit)
+        given, self.clean_labels = training_labels(cfg.noise, self.data, cfg.seed)
         model = build_tcl_model(cfg.model, self.num_classes, sync_bn=cfg.train.sync_bn and acc.num_processes > 1
                                 and acc.device.type == "cuda")
         start = start_from_tcl_run(cfg.init.from_, to_dict(cfg), model, given, cfg.plus.threshold) if (

@@ -110,24 +110,27 @@ def describe(content: dict) -> str:
 
 
 def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndarray,
-                       limit: int | None = None) -> np.ndarray:
-    """The noisy labels of `label_set` (int64), cut to the first `limit` like the data.
+                       rows: np.ndarray | None = None) -> np.ndarray:
+    """The noisy labels of `label_set` (int64) at the training split's `rows` (data.limit's draw; None: all).
 
-    `dataset_labels` are the training split's labels as loaded (already cut to `limit`); the file's
-    clean labels must equal them position by position.
+    `dataset_labels` are the training split's labels as loaded (those of `rows`); the file's clean labels
+    at the same rows must equal them position by position.
     """
     path = Path(path)
     content = _read(path)
     clean = _label_array(content, "clean_label", path)
     ours = np.asarray(dataset_labels, dtype=np.int64)
-    expected = len(clean) if limit is None else min(limit, len(clean))
-    if len(ours) != expected:
+    if rows is None and len(ours) != len(clean):
         raise DataError(f"noise.file: {path.name} has {len(clean)} labels but the training split has {len(ours)} "
-                        f"samples" + (f" (after data.limit={limit})" if limit is not None else ""))
-    wrong = int(np.count_nonzero(clean[:expected] != ours))
+                        f"samples")
+    if rows is not None and len(rows) and rows.max() >= len(clean):
+        raise DataError(f"noise.file: {path.name} has {len(clean)} labels but data.limit drew row {rows.max()} of "
+                        f"the training split; the file must hold one label per training sample")
+    rows = np.arange(len(clean)) if rows is None else rows
+    wrong = int(np.count_nonzero(clean[rows] != ours))
     if wrong:
         raise DataError(f"noise.file: the clean labels in {path.name} disagree with the dataset's at {wrong} of "
-                        f"{expected} positions; the file appears to be for {describe(content)} in the canonical "
+                        f"{len(ours)} positions; the file appears to be for {describe(content)} in the canonical "
                         f"train order — use it with that dataset, in that order")
     # Checked after the dataset match: a file for another dataset is the more basic mistake.
     offered = [name for name, key in LABEL_SETS.items() if key in content]
@@ -136,4 +139,4 @@ def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndar
     noisy = _label_array(content, LABEL_SETS[label_set], path)
     if len(noisy) != len(clean):
         raise DataError(f"noise.file: {path.name} has {len(clean)} clean but {len(noisy)} {label_set} labels")
-    return noisy[:expected]
+    return noisy[rows]
