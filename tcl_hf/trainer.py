@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import rundir
 from .collapse import HealthMonitor
-from .config import Config, flatten, save_config, to_dict
+from .config import Config, flatten, save_config, to_dict, warn_at_start_up
 from .data import load_data, resolve_input_contract
 from .distributed import any_process, check_launch, gather_equal, gather_with_grad
 from .errors import StopRequested, TCLError
@@ -68,6 +68,7 @@ class Trainer:
         if acc.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the fastest kernels
         self.stop = StopSignals(acc.print)
+        warn_at_start_up(cfg, acc.print)
         contract = resolve_input_contract(cfg.data, cfg.model)
         # Each machine's first process decodes and caches; its others map the decoded files (data/decoded.py).
         with acc.local_main_process_first():

@@ -39,6 +39,13 @@ class DataBundle:
         return {**counts, "bad_images": sum(bad.values()), **unlabelled}
 
 
+def check_class_count(declared: int | None, found: int, where: str) -> None:
+    """A recipe's ``data.num_classes`` must be the data's own count: a recipe for other data stops here."""
+    if declared is not None and declared != found:
+        raise DataError(f"data.num_classes: the recipe says {declared} classes but the data has {found} ({where}); "
+                        f"use a recipe for this dataset, or set data.num_classes={found}")
+
+
 def check_every_class_trained(labels: np.ndarray, class_names: list[str], key: str, limit: int | None) -> None:
     """Refuse training labels that leave a class without a sample: the classifier, the EM step and the collapse
     signals all need one per class. ``key`` names the setting at fault when ``data.limit`` is not the cause."""

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .bundle import DataBundle, check_every_class_trained
+from .bundle import DataBundle, check_class_count, check_every_class_trained
 from .contract import InputContract
 from .decoded import decode_split
 from .images import HFImages, TensorImages, channel_stats
@@ -121,6 +121,7 @@ def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> Dat
     num_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else int(train_labels.max()) + 1
     if num_classes < 2:
         raise DataError(f"data.label_column: {label_col!r} has {num_classes} class; TCL needs at least 2")
+    check_class_count(data_cfg.num_classes, num_classes, f"label column {label_col!r}")
     for name, labels in (("train", train_labels), ("test", test_labels)):
         if labels.min() < 0 or labels.max() >= num_classes:
             raise DataError(f"data.label_column: {name} labels span [{labels.min()}, {labels.max()}], "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
-from .bundle import DataBundle, check_every_class_trained
+from .bundle import DataBundle, check_class_count, check_every_class_trained
 from .contract import InputContract
 from .clothing1m import CLOTHING1M_MEAN, CLOTHING1M_STD, read_clothing1m
 from .hf import IMAGENET_MEAN, IMAGENET_STD, load_hf
@@ -29,6 +29,7 @@ def _load_file_lists(data_cfg, contract: InputContract, seed: int) -> DataBundle
         default_stats, extra_names = (IMAGENET_MEAN, IMAGENET_STD), ("imagenet",)
     else:
         lists = read_clothing1m(data_cfg.root)
+        check_class_count(data_cfg.num_classes, lists["train"].num_classes, "category_names_eng.txt")
         default_stats, extra_names = (CLOTHING1M_MEAN, CLOTHING1M_STD), ("val",)
     full_train_size, unlabelled = len(lists["train"]), lists["train"].unlabelled
     for name, lst in lists.items():
