@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
@@ -65,7 +65,8 @@ class DataConfig:
     format: Literal["hf", "digits", "webvision", "clothing1m"] = option("hf", help="how to read the data")
     path: str = option("uoft-cs/cifar10", help="hub id, local folder in hub layout, or data files")
     root: Optional[str] = option(None, help="dataset folder in its standard layout (webvision, clothing1m)")
-    num_classes: Optional[int] = option(None, positive, "webvision: keep classes < N (50 = mini-WebVision)")
+    num_classes: Optional[int] = option(None, positive, "the data's class count, checked (webvision: keep classes < N, "
+                                        "50 = mini-WebVision); null = whatever the data has")
     imagenet_val: Optional[str] = option(None, help="webvision: ILSVRC12 val folder, one sub-folder per class index")
     samples_per_epoch: Optional[int] = option(None, positive, "clothing1m: class-balanced random subset per epoch")
     on_bad_image: Literal["skip", "error"] = option("skip", help="unreadable/missing image: skip and count, or stop")
@@ -82,7 +83,7 @@ class DataConfig:
     clean_label_column: Optional[str] = option(None, help="column with known clean labels, if any")
     train_split: str = option("train")
     test_split: str = option("test")
-    limit: Optional[int] = option(None, positive, "use only the first N train and N test samples")
+    limit: Optional[int] = option(None, positive, "use a seeded, class-stratified sample of N train and N test rows")
     # 1024 is the largest input of any pretrained timm model (SAM ViTs); a batch of 256 such images
     # already needs >3 GB for its views, and larger sizes only exhaust memory.
     image_size: Optional[int] = option(None, in_range(1, 1024),
@@ -295,6 +296,16 @@ def validate(cfg: Config) -> None:
     if cfg.data.std is not None and any(s <= 0 for s in cfg.data.std):
         raise ConfigError(f"data.std: {cfg.data.std} must be > 0 per channel")
     _check_backbone(cfg.model.backbone)
+
+
+def warn_at_start_up(cfg: Config, print_line: Callable[[str], None]) -> None:
+    """One 'warning:' line for a setting that is allowed but almost certainly not meant, at the start of a run."""
+    warmup, epochs = cfg.optim.warmup_epochs, cfg.train.epochs
+    if cfg.method == "tcl" and warmup != "auto" and warmup >= epochs:
+        # Epoch e (from 1) trains TCL once e >= warmup_epochs.
+        when = "never starts" if warmup > epochs else "trains only in the last epoch"
+        print_line(f"warning: optim.warmup_epochs={warmup} >= train.epochs={epochs}: TCL {when} (every earlier "
+                   f"epoch is warm-up); lower optim.warmup_epochs or raise train.epochs")
 
 
 def _check_backbone(name: str) -> None:

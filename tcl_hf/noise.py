@@ -66,8 +66,8 @@ def asymmetric_noise(labels: np.ndarray, rate: float, num_classes: int, seed: in
     return noisy
 
 
-def load_label_file(path: str | Path, full_size: int, num_classes: int, limit: int | None) -> np.ndarray:
-    """An index-aligned .npy label file for the whole training split, cut to `limit` like the data."""
+def load_label_file(path: str | Path, full_size: int, num_classes: int, rows: np.ndarray | None) -> np.ndarray:
+    """An index-aligned .npy label file for the whole training split, at the `rows` data.limit drew (None: all)."""
     path = Path(path)
     try:
         labels = np.load(path, allow_pickle=False)
@@ -83,13 +83,14 @@ def load_label_file(path: str | Path, full_size: int, num_classes: int, limit: i
     if labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(f"noise.file: {path} has labels in [{labels.min()}, {labels.max()}]; "
                         f"allowed 0..{num_classes - 1}")
-    return labels[:limit].astype(np.int64) if limit else labels.astype(np.int64)
+    return (labels if rows is None else labels[rows]).astype(np.int64)
 
 
 def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rate: float, seed: int,
-                      file: str | None = None, full_size: int | None = None, limit: int | None = None,
+                      file: str | None = None, full_size: int | None = None, rows: np.ndarray | None = None,
                       label_set: str | None = None) -> np.ndarray:
-    """The training labels the loss will see, given the dataset's labels and the noise setting."""
+    """The training labels the loss will see, given the dataset's labels and the noise setting; label files
+    cover the whole training split, of which `rows` were drawn by data.limit (None: all, in order)."""
     if noise_type == "none":
         return np.array(labels, dtype=np.int64, copy=True)
     if noise_type == "sym":
@@ -97,11 +98,11 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
     if noise_type == "asym":
         return asymmetric_noise(labels, rate, num_classes, seed)
     if noise_type == "file":
-        return load_label_file(file, full_size if full_size is not None else len(labels), num_classes, limit)
+        return load_label_file(file, full_size if full_size is not None else len(labels), num_classes, rows)
     if noise_type == "cifarn":
         from .data.cifarn import load_cifarn_labels
 
-        noisy = load_cifarn_labels(file, label_set, labels, limit)
+        noisy = load_cifarn_labels(file, label_set, labels, rows)
         # Checked here, where the class count is known: out of range, a label would fail deep in the loss.
         if noisy.size and (noisy.min() < 0 or noisy.max() >= num_classes):
             raise DataError(f"noise.file: {Path(file).name} has {label_set} labels in [{noisy.min()}, {noisy.max()}]; "
@@ -110,14 +111,14 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
     raise DataError(f"noise.type: unknown {noise_type!r}")
 
 
-def training_labels(noise_cfg: NoiseConfig, data: DataBundle, seed: int, limit: int | None) -> tuple[torch.Tensor, np.ndarray | None]:
+def training_labels(noise_cfg: NoiseConfig, data: DataBundle, seed: int) -> tuple[torch.Tensor, np.ndarray | None]:
     """(the labels the run trains on, the true labels when known) for a loaded ``DataBundle``.
 
     With synthetic noise the dataset's own labels are the clean ones; otherwise only a clean column tells.
     """
     noise_seed = seed if noise_cfg.seed is None else noise_cfg.seed
     given = make_noisy_labels(noise_cfg.type, data.train_labels, data.num_classes, noise_cfg.rate, noise_seed,
-                              file=noise_cfg.file, full_size=data.full_train_size, limit=limit,
+                              file=noise_cfg.file, full_size=data.full_train_size, rows=data.train_indices,
                               label_set=noise_cfg.label_set)
     clean = data.clean_train_labels
     if clean is None and noise_cfg.type != "none":

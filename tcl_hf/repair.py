@@ -76,8 +76,7 @@ def _source_text(data: dict, hub_id: str | None, revision: str | None, name: str
     split = f" (split `{data.get('train_split', 'train')}`)" if data.get("format") == "hf" else ""
     limit = data.get("limit")
     if limit:
-        which = "a seeded sample of" if data.get("format") in ("webvision", "clothing1m") else "the first"
-        split += f", {which} {limit} samples (`data.limit`)"
+        split += f", a seeded, class-stratified sample of {limit} samples (`data.limit`)"
     return source + split
 
 

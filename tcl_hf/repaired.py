@@ -70,7 +70,7 @@ def training_split(cfg) -> TrainingSplit:
     from .noise import training_labels
 
     bundle = load_data(cfg.data, resolve_input_contract(cfg.data, cfg.model), seed=cfg.seed)
-    given, clean = training_labels(cfg.noise, bundle, cfg.seed, cfg.data.limit)
+    given, clean = training_labels(cfg.noise, bundle, cfg.seed)
     given = given.numpy()
     names = datasets.ClassLabel(names=list(bundle.class_names))
     if cfg.data.format == "hf":

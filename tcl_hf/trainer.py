@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import rundir
 from .collapse import HealthMonitor
-from .config import Config, flatten, save_config, to_dict
+from .config import Config, flatten, save_config, to_dict, warn_at_start_up
 from .data import load_data, resolve_input_contract
 from .distributed import any_process, check_launch, gather_equal, gather_with_grad
 from .errors import StopRequested, TCLError
@@ -68,6 +68,7 @@ class Trainer:
         if acc.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the fastest kernels
         self.stop = StopSignals(acc.print)
+        warn_at_start_up(cfg, acc.print)
         contract = resolve_input_contract(cfg.data, cfg.model)
         # Each machine's first process decodes and caches; its others map the decoded files (data/decoded.py).
         with acc.local_main_process_first():
@@ -75,7 +76,7 @@ class Trainer:
         if self.data.unlabelled:
             acc.print(f"left out {self.data.unlabelled} listed training image(s) without an entry in the label file")
         self.num_classes = self.data.num_classes
-        given, self.clean_labels = training_labels(cfg.noise, self.data, cfg.seed, cfg.data.limit)
+        given, self.clean_labels = training_labels(cfg.noise, self.data, cfg.seed)
         model = build_tcl_model(cfg.model, self.num_classes, sync_bn=cfg.train.sync_bn and acc.num_processes > 1
                                 and acc.device.type == "cuda")
         start = start_from_tcl_run(cfg.init.from_, to_dict(cfg), model, given, cfg.plus.threshold) if (

@@ -18,11 +18,16 @@ EPOCH_KEYS = ("epoch", "lr", *LOSS_KEYS, "test_acc", "knn_acc", "clean_ratio_est
               "noise_precision", "noise_recall", "label_acc")
 
 
-def parquet_labels(cifar10_dir, split, n):
+def parquet_column(cifar10_dir, split, column):
     import pyarrow.parquet as pq
 
     shards = sorted((cifar10_dir / "plain_text").glob(f"{split}-*.parquet"))
-    return np.concatenate([pq.read_table(s, columns=["label"])["label"].to_numpy() for s in shards])[:n]
+    return np.concatenate([pq.read_table(s, columns=[column])[column].to_numpy(zero_copy_only=False) for s in shards])
+
+
+def parquet_labels(cifar10_dir, split, rows):
+    """The labels of the canonical order's `rows` (data.limit's seeded, class-stratified draw)."""
+    return parquet_column(cifar10_dir, split, "label")[rows]
 
 
 def test_load_data_reads_cifar10_in_canonical_order(cifar10_dir):
@@ -33,13 +38,26 @@ def test_load_data_reads_cifar10_in_canonical_order(cifar10_dir):
     data = load_data(cfg.data, InputContract(32, 32, 1.0, "bilinear"))
     assert len(data.train) == 64 and len(data.test) == 64
     assert data.full_train_size == 50000
-    first = data.train[0][0]
-    assert first.shape == (3, 32, 32)
-    # The first image of data_batch_1 starts with red values 59, 43, 50.
-    assert first[0, 0, :3].tolist() == [59, 43, 50]
+    import io
+
+    from PIL import Image
+
+    from tcl_hf.data.sampler import stratified_sample
+
+    images = parquet_column(cifar10_dir, "train", "img")
+    # The shards are in the canonical order: the first image of data_batch_1 starts with red values 59, 43, 50.
+    assert np.asarray(Image.open(io.BytesIO(images[0]["bytes"])))[0, :3, 0].tolist() == [59, 43, 50]
+    # data.limit drew these rows of that order, and each image is its own row's.
+    rows = data.train_indices
+    assert np.array_equal(rows, stratified_sample(parquet_column(cifar10_dir, "train", "label"), 64, seed=0))
+    for i in (0, 31, 63):
+        assert data.train[i][0].shape == (3, 32, 32)
+        own = np.asarray(Image.open(io.BytesIO(images[rows[i]]["bytes"])).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(data.train[i][0].numpy(), own)
     assert data.num_classes == 10 and data.class_names == CLASS_NAMES
-    np.testing.assert_array_equal(data.train_labels, parquet_labels(cifar10_dir, "train", 64))
-    np.testing.assert_array_equal(data.test_labels, parquet_labels(cifar10_dir, "test", 64))
+    np.testing.assert_array_equal(data.train_labels, parquet_labels(cifar10_dir, "train", rows))
+    test_rows = stratified_sample(parquet_column(cifar10_dir, "test", "label"), 64, seed=0)
+    np.testing.assert_array_equal(data.test_labels, parquet_labels(cifar10_dir, "test", test_rows))
     assert data.clean_train_labels is None
 
 
@@ -74,7 +92,8 @@ def test_two_step_run_writes_every_output(cifar10_dir, tmp_path, fresh_accelerat
     assert record["loss"] == pytest.approx(sum(record[k] for k in LOSS_KEYS[1:]), rel=1e-5)
     # Noise is measured against the dataset's own labels, the ones synthetic noise started from.
     given = trainer.given_labels.cpu().numpy()
-    assert record["noise_rate"] == pytest.approx(np.mean(given != parquet_labels(cifar10_dir, "train", 64)))
+    truth = parquet_labels(cifar10_dir, "train", trainer.data.train_indices)
+    assert record["noise_rate"] == pytest.approx(np.mean(given != truth))
     assert 0.2 < record["noise_rate"] < 0.7
     for key in ("test_acc", "knn_acc", "clean_ratio_est", "label_acc", "noise_precision"):
         assert 0.0 <= record[key] <= 1.0, key

@@ -34,10 +34,11 @@ def _raw(path):
     return torch.load(path, weights_only=False)
 
 
-def test_worse_labels_first_512(cifar10_labels):
-    ours = cifar10_labels[:512]
-    noisy = load_cifarn_labels(CIFAR10N, "worse", ours, limit=512)
-    worse = np.asarray(_raw(CIFAR10N)["worse_label"])[:512]
+def test_worse_labels_of_512_rows(cifar10_labels):
+    rows = np.sort(np.random.default_rng(0).permutation(50_000)[:512])
+    ours = cifar10_labels[rows]
+    noisy = load_cifarn_labels(CIFAR10N, "worse", ours, rows=rows)
+    worse = np.asarray(_raw(CIFAR10N)["worse_label"])[rows]
     assert noisy.dtype == np.int64 and np.array_equal(noisy, worse)
     assert np.mean(noisy != ours) == pytest.approx(np.mean(worse != ours))
     assert 0.3 < np.mean(noisy != ours) < 0.5  # 'worse' is the ~40 % noise set
@@ -77,12 +78,13 @@ def _write(tmp_path, **arrays):
     return path
 
 
-def test_limit_compares_only_the_first_entries(tmp_path):
+def test_limit_compares_only_the_rows_drawn(tmp_path):
     clean = np.array([0, 1, 2, 3, 4, 5])
     noisy = np.array([1, 1, 0, 3, 9, 9])
-    dataset = np.array([0, 1, 2, 3, 7, 7])  # disagrees only after the limit
+    dataset = np.array([0, 7, 2, 3, 7, 5])  # disagrees only at rows data.limit did not draw
     path = _write(tmp_path, clean_label=clean, aggre_label=noisy, worse_label=noisy)
-    assert load_cifarn_labels(path, "aggre", dataset[:4], limit=4).tolist() == [1, 1, 0, 3]
+    rows = np.array([0, 2, 3, 5])
+    assert load_cifarn_labels(path, "aggre", dataset[rows], rows=rows).tolist() == [1, 0, 3, 9]
     with pytest.raises(DataError, match=r"disagree with the dataset's at 2 of 6 positions; the file appears to be "
                                         r"for CIFAR-10N \(CIFAR-10 train\), 6 samples, 6 classes"):
         load_cifarn_labels(path, "aggre", dataset)
@@ -99,8 +101,8 @@ def test_length_mismatch_is_refused(tmp_path):
     path = _write(tmp_path, clean_label=[0, 1, 2], noisy_label=[0, 1, 1])
     with pytest.raises(DataError, match=r"has 3 labels but the training split has 2 samples$"):
         load_cifarn_labels(path, "noisy", np.array([0, 1]))
-    with pytest.raises(DataError, match=r"has 3 labels but the training split has 3 samples \(after data.limit=2\)"):
-        load_cifarn_labels(path, "noisy", np.array([0, 1, 2]), limit=2)
+    with pytest.raises(DataError, match=r"has 3 labels but data.limit drew row 4 of the training split"):
+        load_cifarn_labels(path, "noisy", np.array([0, 1]), rows=np.array([0, 4]))
 
 
 @pytest.mark.parametrize("content", [{"noisy_label": np.zeros(3, dtype=np.int64)}, [1, 2, 3]])
@@ -133,6 +135,37 @@ def test_crafted_file_is_refused_without_running_it(tmp_path):
     # The same file, loaded the way it used to be, does run the call: the test above can fail.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+class RunsACommand:
+    """Unpickling this calls os.system(command): the classic crafted pickle, with a harmless command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_os_system_is_named_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save({"clean_label": np.zeros(3, dtype=np.int64), "aggre_label": RunsACommand(f"touch '{marker}'")}, path)
+    with pytest.raises(DataError) as info:
+        load_cifarn_labels(path, "aggre", np.zeros(3, dtype=np.int64))
+    message = str(info.value)
+    assert not marker.exists()
+    assert "\n" not in message and "refused without running it" in message
+    assert "posix.system" in message  # what was blocked, by name
+    assert "weights_only" not in message and "will likely succeed" not in message  # never torch's unsafe advice
+
+
+def test_empty_file_says_so(tmp_path):
+    path = tmp_path / "CIFAR-10_human.pt"
+    path.touch()
+    with pytest.raises(DataError, match=r"noise.file: .*CIFAR-10_human.pt.* is an empty file") as info:
+        load_cifarn_labels(path, "aggre", np.zeros(3, dtype=np.int64))
+    assert "EOFError" not in str(info.value)
 
 
 def test_float_arrays_are_refused_in_one_line(tmp_path):

@@ -165,3 +165,60 @@ def test_cli_prints_one_line_errors_without_traceback(repo_root):
         lines = stderr.splitlines()
         assert len(lines) == 1, (args, stderr)
         assert key in lines[0], (args, stderr)
+
+
+# ---- a recipe for other data, and a warm-up that outlasts the run --------------------------------------------------
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+
+
+def _ten_class_parquet(folder):
+    """A CIFAR-10-like local dataset: an 'img' column and a 'label' column of 10 classes, 20 train / 10 test rows."""
+    import datasets
+    from PIL import Image
+
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    for split, n in (("train", 20), ("test", 10)):
+        datasets.Dataset.from_dict({"img": [Image.new("RGB", (4, 4))] * n, "label": [k % 10 for k in range(n)]},
+                                   features=features).to_parquet(str(folder / f"{split}.parquet"))
+    return folder
+
+
+def test_cifar100_recipe_on_cifar10_stops_naming_both_class_counts(tmp_path):
+    from tcl_hf.data import load_data
+    from tcl_hf.data.contract import InputContract
+    from tcl_hf.errors import DataError
+
+    data = _ten_class_parquet(tmp_path)
+    cfg = load_config(os.path.join(RECIPES, "cifar100_sym20.yaml"), [f"data.path={data}", "data.label_column=label"])
+    with pytest.raises(DataError, match=r"^data.num_classes: the recipe says 100 classes but the data has 10 "
+                                        r"\(label column 'label'\)") as info:
+        load_data(cfg.data, InputContract(4, 4, 1.0, "bilinear"))
+    assert "\n" not in str(info.value)
+    # The matching recipe loads the same data.
+    cfg = load_config(os.path.join(RECIPES, "cifar10_sym20.yaml"), [f"data.path={data}"])
+    assert load_data(cfg.data, InputContract(4, 4, 1.0, "bilinear")).num_classes == 10
+
+
+@pytest.mark.parametrize("method, warmup, epochs, warned", [("tcl", 5, 5, True), ("tcl", 9, 5, True),
+                                                           ("tcl", 4, 5, False), ("ce", 5, 5, False)])
+def test_warmup_not_shorter_than_the_run_warns_once_at_start_up(tmp_path, capsys, monkeypatch, fresh_accelerate,
+                                                                method, warmup, epochs, warned):
+    from tcl_hf import trainer
+
+    class Started(Exception):
+        """Raised where the data would be read: everything printed before it is start-up."""
+
+    def stop(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(trainer, "load_data", stop)
+    cfg = load_config(None, ["data.format=digits", "model.backbone=preact_resnet_mini", f"method={method}",
+                             f"optim.warmup_epochs={warmup}", f"train.epochs={epochs}", f"output_dir={tmp_path}"])
+    with pytest.raises(Started):
+        trainer.Trainer(cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    if not warned:
+        assert lines == []
+        return
+    assert len(lines) == 1
+    assert f"optim.warmup_epochs={warmup}" in lines[0] and f"train.epochs={epochs}" in lines[0]

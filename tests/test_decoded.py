@@ -48,7 +48,7 @@ def written(tmp_path):
 
 def test_the_second_process_maps_what_the_first_decoded(on_disk, decodes, tmp_path):
     first_images, first_ok = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
-    assert len(decodes) == 6 and written(tmp_path) == ["images.npy", "ok.npy"]
+    assert len(decodes) == 6 and written(tmp_path) == ["images.npy", "ok.npy", "xxh3"]
     again_images, again_ok = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
     assert len(decodes) == 6  # nothing decoded the second time
     assert torch.equal(again_images, first_images) and torch.equal(again_ok, first_ok)
@@ -63,7 +63,7 @@ def test_other_decoding_or_rows_decode_again(on_disk, decodes, tmp_path):
     decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
     decoded.decode_split(on_disk(), "img", DECODING._replace(crop=8, resize=8), "error", 10**6)
     decoded.decode_split(on_disk().select(range(3)), "img", DECODING, "error", 10**6)
-    assert len(decodes) == 6 + 6 + 3 and len(written(tmp_path)) == 6
+    assert len(decodes) == 6 + 6 + 3 and len(written(tmp_path)) == 9
 
 
 def test_a_file_cut_short_by_a_killed_writer_is_decoded_again(on_disk, decodes, tmp_path):
@@ -84,3 +84,20 @@ def test_a_split_in_memory_only_is_decoded_without_files(decodes):
     assert decoded._cache_paths(split, "img", DECODING, "error", 10**6) is None  # nowhere to write one
     got, ok = decoded.decode_split(split, "img", DECODING, "error", 10**6)
     assert len(decodes) == 4  # nothing kept between calls: decoded again
+
+
+def test_pixels_changed_in_place_are_decoded_again(on_disk, decodes, tmp_path, capsys):
+    expected = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)[0].clone()
+    [images_file] = (tmp_path / "cache").rglob("tcl_hf-decoded-*.images.npy")
+    # Same size, dtype and shape, black pixels: only the content tells.
+    pixels = np.load(images_file, mmap_mode="r+")
+    pixels[:] = 0
+    pixels.flush()
+    del pixels
+    got, ok = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
+    assert len(decodes) == 12 and torch.equal(got, expected) and ok.all()
+    said = [line for line in capsys.readouterr().err.splitlines() if "decoding again" in line]  # not datasets' bars
+    assert len(said) == 1 and str(images_file) in said[0]
+    # Written afresh: the next process maps it without a word.
+    again, _ = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
+    assert len(decodes) == 12 and torch.equal(again, expected) and "decoding again" not in capsys.readouterr().err

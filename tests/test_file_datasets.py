@@ -474,6 +474,44 @@ def test_pixel_cap_applies_to_embedded_images_too():
     assert ok and array[4, 4].tolist() == [7, 7, 7]
 
 
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 7).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_extreme_aspect_ratio_is_bad_from_the_header(monkeypatch):
+    """A 1x200,000 px PNG is under the pixel cap, yet resizing its shorter side to 256 would allocate ~39 GB:
+    it must be classed bad from the header, before any decoding (which would fail the test here)."""
+    from tcl_hf.data import images
+
+    def never(*args):
+        raise AssertionError("the image reached decoding")
+
+    cell = {"bytes": _png(1, 200_000), "path": None}
+    assert len(cell["bytes"]) < 2000
+    webvision = Decoding(256, 224, "bilinear")
+    with monkeypatch.context() as patch:
+        patch.setattr(images, "to_rgb_array", never)
+        array, ok = images.decode_cell(cell, webvision, "skip")
+        assert not ok and array.shape == (224, 224, 3) and not array.any()
+        with pytest.raises(DataError, match=r"^image an embedded image: cannot be read \(1x200000 pixels, "
+                                            r"aspect ratio over 100:1\)"):
+            images.decode_cell(cell, webvision, "error")
+
+
+def test_resize_target_is_bounded_by_the_pixel_cap(monkeypatch):
+    from tcl_hf.data import images
+
+    cell = {"bytes": _png(10, 900), "path": None}  # aspect 90:1, 9,000 px; at resize 40 it becomes 40x3600
+    with pytest.raises(DataError, match=r"\(10x900 pixels, resized to 40x3600, over data.max_image_pixels=100000\)"):
+        images.decode_cell(cell, Decoding(40, 40, "bilinear"), "error", max_pixels=100_000)
+    array, ok = images.decode_cell(cell, Decoding(40, 40, "bilinear"), "error", max_pixels=144_000)
+    assert ok and array[4, 4].tolist() == [7, 7, 7]  # at the cap it decodes: the bound is not off by one
+    array, ok = images.decode_cell({"bytes": _png(3, 300), "path": None}, bilinear(8), "error")
+    assert ok  # exactly 100:1 is allowed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, value, fmt", [("I;16", 128 * 257, "PNG"), ("I;16B", 128 * 257, "TIFF"),
                                               ("I", 128 * 257, "TIFF"), ("F", 0.5, "TIFF")])
@@ -523,3 +561,77 @@ def test_clothing1m_training_keys_without_label_are_left_out_and_counted(tmp_pat
     write_lines(layout.files["train"], keys[:2] + ["images/a.jpg 3"] + keys[2:])
     with pytest.raises(DataError, match=r"noisy_train_key_list.txt line 3: expected one key"):
         read_clothing1m(layout.root)
+
+
+# ---- data.limit: a seeded, class-stratified sample; every class must have a training sample ----------------------
+def _imagefolder(root, counts):
+    """An imagefolder with train/ and test/, class folders c0.. holding `counts[k]` 4x4 PNGs each (in train)."""
+    for split, per_class in (("train", counts), ("test", [2] * len(counts))):
+        for k, n in enumerate(per_class):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (4, 4), 10 * k).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sorted_by_class(tmp_path_factory):
+    # 72 training images sorted by class on disk: the first 40 rows hold classes c0 and c1 only.
+    return _imagefolder(tmp_path_factory.mktemp("folder"), [20, 20] + [4] * 8)
+
+
+def _load_hf(path, *overrides, seed=0):
+    from tcl_hf.config import load_config
+    from tcl_hf.data import load_data
+    from tcl_hf.data.contract import InputContract
+
+    cfg = load_config(None, ["data.format=hf", f"data.path={path}", *overrides])
+    return load_data(cfg.data, InputContract(4, 4, 1.0, "bilinear"), seed=seed)
+
+
+def test_limit_draws_a_seeded_class_stratified_sample(sorted_by_class):
+    bundle = _load_hf(sorted_by_class, "data.limit=40")
+    counts = np.bincount(bundle.train_labels, minlength=10)
+    # In proportion: 40 x 20/72 = 11.1 of each large class, 40 x 4/72 = 2.2 of each small one.
+    assert len(bundle.train_labels) == 40 and set(counts[:2]) <= {11, 12} and set(counts[2:]) <= {2, 3}
+    assert np.bincount(bundle.test_labels, minlength=10).tolist() == [2] * 10  # 20 test rows, all kept
+    # The images are those of the rows drawn (the loader did not pair one sample's label with another's image).
+    shades = bundle.train.images[:, 0, 0, 0].numpy()
+    assert np.array_equal(shades, 10 * bundle.train_labels)
+    assert np.array_equal(_load_hf(sorted_by_class, "data.limit=40").train_labels, bundle.train_labels)
+    other = _load_hf(sorted_by_class, "data.limit=40", seed=1)
+    assert not np.array_equal(other.train_indices, bundle.train_indices)  # seeded: another seed, other rows
+
+
+def test_limit_too_small_for_every_class_is_an_error_naming_them(sorted_by_class):
+    # 4 rows drawn in proportion are two of each large class: none of the eight small ones.
+    with pytest.raises(DataError, match=r"^data.limit=4: the training sample has no image of 8 of 10 classes "
+                                        r"\(c2, c3, c4, c5, c6, c7, c8, c9\); every class needs a training sample"):
+        _load_hf(sorted_by_class, "data.limit=4")
+
+
+def test_class_without_a_training_sample_is_an_error(tmp_path):
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "owl"])})
+    for split, labels in (("train", [0, 1, 0, 1]), ("test", [0, 1, 2])):
+        datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4), 0)] * len(labels), "label": labels},
+                                   features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
+    with pytest.raises(DataError, match=r"^data.label_column: the training split has no image of 1 of 3 classes "
+                                        r"\(owl\); every class needs a training sample"):
+        _load_hf(tmp_path)
+
+
+def test_noise_file_follows_the_rows_limit_drew(sorted_by_class, tmp_path):
+    from types import SimpleNamespace
+
+    from tcl_hf.noise import training_labels
+
+    full = _load_hf(sorted_by_class)
+    path = tmp_path / "noisy.npy"
+    np.save(path, (full.train_labels + 1) % 10)  # one label per row of the whole split
+    bundle = _load_hf(sorted_by_class, "data.limit=40")
+    noise = SimpleNamespace(type="file", file=str(path), rate=0.0, seed=None, label_set=None)
+    given, clean = training_labels(noise, bundle, seed=0)
+    assert np.array_equal(given.numpy(), (bundle.train_labels + 1) % 10)

@@ -134,13 +134,13 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
-def test_label_file_round_trip_and_limit(tmp_path):
+def test_label_file_round_trip_and_rows(tmp_path):
     labels = np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32)
     path = save(tmp_path, labels)
-    full = load_label_file(path, full_size=8, num_classes=10, limit=None)
+    full = load_label_file(path, full_size=8, num_classes=10, rows=None)
     np.testing.assert_array_equal(full, labels)
     assert full.dtype == np.int64
-    np.testing.assert_array_equal(load_label_file(path, 8, 10, limit=3), [3, 1, 4])
+    np.testing.assert_array_equal(load_label_file(path, 8, 10, rows=np.array([0, 2, 5])), [3, 4, 9])
     column = save(tmp_path, labels.reshape(-1, 1), "column.npy")
     np.testing.assert_array_equal(load_label_file(column, 8, 10, None), labels)
 
@@ -148,7 +148,7 @@ def test_label_file_round_trip_and_limit(tmp_path):
 def test_label_file_wrong_length(tmp_path):
     path = save(tmp_path, np.zeros(5, dtype=np.int64))
     with pytest.raises(DataError) as exc:
-        load_label_file(path, full_size=6, num_classes=10, limit=None)
+        load_label_file(path, full_size=6, num_classes=10, rows=None)
     text = one_line(exc)
     assert "5" in text and "6" in text and "noise.file" in text
 
@@ -192,8 +192,9 @@ def test_make_noisy_labels_dispatch(tmp_path):
     np.testing.assert_array_equal(none, clean)
     assert none is not clean
     path = save(tmp_path, (np.arange(30) + 1) % 10)
-    from_file = make_noisy_labels("file", clean, 10, 0.0, seed=0, file=str(path), full_size=30, limit=20)
-    np.testing.assert_array_equal(from_file, ((np.arange(30) + 1) % 10)[:20])
+    rows = np.arange(0, 30, 3)[:20]
+    from_file = make_noisy_labels("file", clean[:10], 10, 0.0, seed=0, file=str(path), full_size=30, rows=rows)
+    np.testing.assert_array_equal(from_file, ((np.arange(30) + 1) % 10)[rows])
     with pytest.raises(DataError, match="noise.type"):
         make_noisy_labels("bogus", clean, 10, 0.5, seed=0)
 
@@ -209,7 +210,7 @@ def test_reference_sym50_file_matches_the_reference_definition(tcl_noise_dir, ci
 
     shards = sorted((cifar10_dir / "plain_text").glob("train-*.parquet"))
     clean = np.concatenate([pq.read_table(s, columns=["label"])["label"].to_numpy() for s in shards])
-    reference = load_label_file(noise_file, full_size=len(clean), num_classes=10, limit=None)
+    reference = load_label_file(noise_file, full_size=len(clean), num_classes=10, rows=None)
     ref_rate = (reference != clean).mean()
     # 50 % redrawn from all 10 classes: 0.5 * 9/10 = 0.45 really change.
     assert ref_rate == pytest.approx(0.45, abs=0.01)

@@ -20,6 +20,7 @@ from PIL import Image
 from tcl_hf import repair
 from tcl_hf.config import load_config, save_config
 from tcl_hf.data.hf import digits_dataset_dict
+from tcl_hf.data.sampler import stratified_sample
 from tcl_hf.noise import symmetric_noise
 from tcl_hf.report import label_issues
 from tcl_hf.rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, RUN_OUTPUTS, SUMMARY_FILE
@@ -73,10 +74,15 @@ DIGITS = ["data.format=digits", f"data.limit={LIMIT}", "data.image_size=16", "mo
           "noise.type=sym", "noise.rate=0.4"]
 
 
+def drawn_rows() -> np.ndarray:
+    """The rows of the digits' training split that data.limit=LIMIT draws with the run's seed (0)."""
+    return stratified_sample(np.asarray(digits_dataset_dict()["train"]["label"]), LIMIT, seed=0)
+
+
 @pytest.fixture
 def digits_run(tmp_path):
     """A made-up digits run with 40 % symmetric noise: (run folder, its report, true labels, given labels)."""
-    truth = np.asarray(digits_dataset_dict()["train"]["label"][:LIMIT], dtype=np.int64)
+    truth = np.asarray(digits_dataset_dict()["train"]["label"], dtype=np.int64)[drawn_rows()]
     given = symmetric_noise(truth, 0.4, 10, seed=0)  # the run's noise: noise.seed defaults to seed=0
     assert (given != truth).any()
     table = write_run(tmp_path / "run", DIGITS, given, truth)
@@ -107,7 +113,7 @@ def test_digits_round_trip_through_load_dataset(digits_run, capsys):
     assert ds["is_noisy"] == want["is_noisy"].tolist() == (want["clean_prob"] < 0.5).tolist()
     assert ds.features["tcl_label"].names == [str(k) for k in range(10)]
     # The images are the training split's own, row for row (the digits' 8x8 scans).
-    source = digits_dataset_dict()["train"]
+    source = digits_dataset_dict()["train"].select(drawn_rows())
     for position in (0, 6, len(ds) - 1):
         row = int(want["index"][position])
         assert np.array_equal(np.asarray(ds[position]["image"]), np.asarray(source[row]["image"]))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
+from ..errors import DataError
 from .contract import InputContract
 
 @dataclass
@@ -19,6 +20,7 @@ class DataBundle:
     class_names: list[str]
     contract: InputContract           # the preprocessing, mean and std included
     full_train_size: int              # rows in the train split before data.limit (label files must match it)
+    train_indices: np.ndarray | None = None          # the rows of the full train split data.limit drew; None = all
     extra_evals: dict = field(default_factory=dict)  # more test sets: name -> (Dataset, labels), e.g. "val"
     train_sampler: Sampler | None = None             # e.g. a class-balanced subset per epoch
     unlabelled: int = 0                              # listed training images left out: no label for them
@@ -35,3 +37,24 @@ class DataBundle:
         counts = {f"{name}_samples": size - bad.get(name, 0) for name, size in sizes.items()}
         unlabelled = {"unlabelled": self.unlabelled} if self.unlabelled else {}
         return {**counts, "bad_images": sum(bad.values()), **unlabelled}
+
+
+def check_class_count(declared: int | None, found: int, where: str) -> None:
+    """A recipe's ``data.num_classes`` must be the data's own count: a recipe for other data stops here."""
+    if declared is not None and declared != found:
+        raise DataError(f"data.num_classes: the recipe says {declared} classes but the data has {found} ({where}); "
+                        f"use a recipe for this dataset, or set data.num_classes={found}")
+
+
+def check_every_class_trained(labels: np.ndarray, class_names: list[str], key: str, limit: int | None) -> None:
+    """Refuse training labels that leave a class without a sample: the classifier, the EM step and the collapse
+    signals all need one per class. ``key`` names the setting at fault when ``data.limit`` is not the cause."""
+    missing = np.flatnonzero(np.bincount(labels, minlength=len(class_names)) == 0)
+    if not missing.size:
+        return
+    shown = ", ".join(class_names[k] for k in missing[:10]) + (f", ... ({missing.size - 10} more)" if missing.size > 10
+                                                             else "")
+    where = f"data.limit={limit}: the training sample" if limit else f"{key}: the training split"
+    hint = "raise data.limit" if limit else "give every class at least one training image, or leave it out"
+    raise DataError(f"{where} has no image of {missing.size} of {len(class_names)} classes ({shown}); every class "
+                    f"needs a training sample — {hint}")

@@ -7,6 +7,7 @@ scrambling the labels.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,33 +38,47 @@ def _safe_globals() -> list:
 
 
 def _refusal(exc: Exception) -> str | None:
-    """The weights-only unpickler's reason for refusing to call or build something the file names
-    (e.g. 'Unsupported global: GLOBAL posix.system'), without its advice to load the file unsafely;
-    None for other failures (not a pickle, truncated)."""
-    _, _, reason = str(exc).partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in reason.splitlines() if line.strip()]
-    if not lines or not lines[0].startswith(("Unsupported global", "Can only build")):
-        return None
-    return lines[0].split(" was not an allowed global")[0].split(". Please")[0]
+    """What the weights-only unpickler refused to call or build (e.g. 'unsupported GLOBAL posix.system'), or None
+    for other failures (not a pickle, truncated)."""
+    text = str(exc)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"unsupported GLOBAL {found.group(1)}"
+    if found := re.search(r"Can only build .*? but got (<class '[\w.]+'>)", text):
+        return f"Can only build integer arrays, got {found.group(1)}"
+    return None
+
+
+def _detail(exc: Exception) -> str:
+    """The reason of a failed load in one line. torch's weights-only message wraps its reason (after
+    'WeightsUnpickler error:', when given) in advice to load the file unsafely, which is never repeated."""
+    text = str(exc)
+    if text.startswith("Weights only load failed"):
+        _, _, text = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _read(path: Path) -> dict:
     import torch
 
     try:
+        if path.stat().st_size == 0:
+            raise DataError(f"noise.file: {str(path)!r} is an empty file (0 bytes); expected CIFAR-10_human.pt or "
+                            f"CIFAR-100_human.pt")
         # weights_only: a .pt is a pickle, and a pickle may run code while it loads; only numpy
         # integer arrays, lists and dicts are let through, before any check sees the content.
         with torch.serialization.safe_globals(_safe_globals()):
             content = torch.load(path, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"noise.file: {str(path)!r} does not exist") from None
+    except DataError:
+        raise
     except Exception as exc:  # torch.load raises many types for a file that is not a torch pickle
         refusal = _refusal(exc)
         if refusal is not None:
             raise DataError(f"noise.file: {str(path)!r} holds more than label arrays ({refusal}); refused "
                             f"without running it — a CIFAR-N file holds only integer arrays and lists") from None
-        raise DataError(f"noise.file: cannot read {str(path)!r} with torch.load ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise DataError(f"noise.file: cannot read {str(path)!r} with torch.load ({_detail(exc)})") from None
     if not isinstance(content, dict) or "clean_label" not in content:
         raise DataError(f"noise.file: {path} is not a CIFAR-N label file (expected a dict with 'clean_label' "
                         f"and noisy label arrays)")
@@ -95,24 +110,27 @@ def describe(content: dict) -> str:
 
 
 def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndarray,
-                       limit: int | None = None) -> np.ndarray:
-    """The noisy labels of `label_set` (int64), cut to the first `limit` like the data.
+                       rows: np.ndarray | None = None) -> np.ndarray:
+    """The noisy labels of `label_set` (int64) at the training split's `rows` (data.limit's draw; None: all).
 
-    `dataset_labels` are the training split's labels as loaded (already cut to `limit`); the file's
-    clean labels must equal them position by position.
+    `dataset_labels` are the training split's labels as loaded (those of `rows`); the file's clean labels
+    at the same rows must equal them position by position.
     """
     path = Path(path)
     content = _read(path)
     clean = _label_array(content, "clean_label", path)
     ours = np.asarray(dataset_labels, dtype=np.int64)
-    expected = len(clean) if limit is None else min(limit, len(clean))
-    if len(ours) != expected:
+    if rows is None and len(ours) != len(clean):
         raise DataError(f"noise.file: {path.name} has {len(clean)} labels but the training split has {len(ours)} "
-                        f"samples" + (f" (after data.limit={limit})" if limit is not None else ""))
-    wrong = int(np.count_nonzero(clean[:expected] != ours))
+                        f"samples")
+    if rows is not None and len(rows) and rows.max() >= len(clean):
+        raise DataError(f"noise.file: {path.name} has {len(clean)} labels but data.limit drew row {rows.max()} of "
+                        f"the training split; the file must hold one label per training sample")
+    rows = np.arange(len(clean)) if rows is None else rows
+    wrong = int(np.count_nonzero(clean[rows] != ours))
     if wrong:
         raise DataError(f"noise.file: the clean labels in {path.name} disagree with the dataset's at {wrong} of "
-                        f"{expected} positions; the file appears to be for {describe(content)} in the canonical "
+                        f"{len(ours)} positions; the file appears to be for {describe(content)} in the canonical "
                         f"train order — use it with that dataset, in that order")
     # Checked after the dataset match: a file for another dataset is the more basic mistake.
     offered = [name for name, key in LABEL_SETS.items() if key in content]
@@ -121,4 +139,4 @@ def load_cifarn_labels(path: str | Path, label_set: str, dataset_labels: np.ndar
     noisy = _label_array(content, LABEL_SETS[label_set], path)
     if len(noisy) != len(clean):
         raise DataError(f"noise.file: {path.name} has {len(clean)} clean but {len(noisy)} {label_set} labels")
-    return noisy[:expected]
+    return noisy[rows]

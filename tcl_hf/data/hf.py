@@ -9,10 +9,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .bundle import DataBundle
+from .bundle import DataBundle, check_class_count, check_every_class_trained
 from .contract import InputContract
 from .decoded import decode_split
 from .images import HFImages, TensorImages, channel_stats
+from .sampler import stratified_sample
 
 if TYPE_CHECKING:
     import datasets
@@ -88,7 +89,7 @@ def digits_dataset_dict(seed: int = 0) -> datasets.DatasetDict:
                                      "label": digits.target.tolist()}, features=features)
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
-def load_hf(data_cfg: DataConfig, contract: InputContract) -> DataBundle:
+def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> DataBundle:
     import datasets
 
     if data_cfg.format == "digits":
@@ -100,14 +101,18 @@ def load_hf(data_cfg: DataConfig, contract: InputContract) -> DataBundle:
     image_col = _pick_column(train.features, data_cfg.image_column, "image", "data.image_column")
     label_col = _pick_column(train.features, data_cfg.label_column, "label", "data.label_column")
     full_train_size = len(train)
-    if data_cfg.limit:
-        train = train.select(range(min(data_cfg.limit, len(train))))
-        test = test.select(range(min(data_cfg.limit, len(test))))
     if len(train) == 0 or len(test) == 0:
         raise DataError(f"data.path: {data_cfg.path!r} has an empty {'train' if len(train) == 0 else 'test'} split")
 
     train_labels = _labels(train, label_col, "data.label_column")
     test_labels = _labels(test, label_col, "data.label_column")
+    train_indices = None
+    if data_cfg.limit:
+        # Rows are often sorted by class (an imagefolder is): the first N could hold a class or two.
+        train_indices = stratified_sample(train_labels, data_cfg.limit, seed)
+        test_indices = stratified_sample(test_labels, data_cfg.limit, seed)
+        train, train_labels = train.select(train_indices), train_labels[train_indices]
+        test, test_labels = test.select(test_indices), test_labels[test_indices]
     clean = None
     if data_cfg.clean_label_column:
         clean_col = _pick_column(train.features, data_cfg.clean_label_column, "label", "data.clean_label_column")
@@ -116,10 +121,13 @@ def load_hf(data_cfg: DataConfig, contract: InputContract) -> DataBundle:
     num_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else int(train_labels.max()) + 1
     if num_classes < 2:
         raise DataError(f"data.label_column: {label_col!r} has {num_classes} class; TCL needs at least 2")
+    check_class_count(data_cfg.num_classes, num_classes, f"label column {label_col!r}")
     for name, labels in (("train", train_labels), ("test", test_labels)):
         if labels.min() < 0 or labels.max() >= num_classes:
             raise DataError(f"data.label_column: {name} labels span [{labels.min()}, {labels.max()}], "
                             f"allowed 0..{num_classes - 1}")
+    class_names = _class_names(train.features, label_col, num_classes)
+    check_every_class_trained(train_labels, class_names, "data.label_column", data_cfg.limit)
 
     storage = contract.storage_size
     in_memory = data_cfg.in_memory
@@ -143,6 +151,6 @@ def load_hf(data_cfg: DataConfig, contract: InputContract) -> DataBundle:
     return DataBundle(
         train=train_set, test=test_set,
         train_labels=train_labels, test_labels=test_labels, clean_train_labels=clean,
-        num_classes=num_classes, class_names=_class_names(train.features, label_col, num_classes),
-        contract=contract, full_train_size=full_train_size, train_rows=train,
+        num_classes=num_classes, class_names=class_names,
+        contract=contract, full_train_size=full_train_size, train_indices=train_indices, train_rows=train,
     )

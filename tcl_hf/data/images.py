@@ -5,7 +5,8 @@ split (labels never travel with images, so clean labels kept for measuring canno
 and ``ok=False`` marks an image that could not be read (handed out as zeros, left out and counted).
 
 What counts as a bad image: a file that is missing, is not a regular file (a FIFO would block the
-loader forever), has more pixels than ``data.max_image_pixels`` (read from the header, before any
+loader forever), has more pixels than ``data.max_image_pixels`` or would once its shorter side is
+resized, has a side over ``MAX_ASPECT_RATIO`` times the other (all read from the header, before any
 decoding), cannot be identified as an image, or raises while decoding. A truncated JPEG is *not*
 bad: PIL's ``LOAD_TRUNCATED_IMAGES`` is set here, so the missing part comes out grey, as in the
 reference pipelines that read web crawls.
@@ -29,6 +30,9 @@ from .contract import Decoding
 
 # Web crawls hold truncated JPEGs that still decode usefully.
 ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+# Beyond this the centre crop keeps under 1 % of the image, and the resized long side grows with the ratio.
+MAX_ASPECT_RATIO = 100
 
 # What PIL raises for files it cannot read; anything else is a bug and should surface.
 BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -71,7 +75,7 @@ class FileImages(Dataset):
 
     ``on_bad_image='skip'``: a file that cannot be read gives a zero image and ok=False (the trainer
     leaves it out and counts it); ``'error'``: it raises DataError naming the file. A file that is not
-    a regular file, or has more than ``max_pixels`` pixels, counts as unreadable.
+    a regular file, or has (or would have once resized) more than ``max_pixels`` pixels, counts as unreadable.
     """
 
     def __init__(self, paths, decoding: Decoding, on_bad_image: str = "skip", max_pixels: int = MAX_IMAGE_PIXELS):
@@ -130,11 +134,8 @@ def to_rgb_array(image: Image.Image, decoding: Decoding) -> np.ndarray:
         # Going through RGBA avoids PIL's per-image warning about palette transparency.
         image = image.convert("RGBA")
     image = image.convert("RGB")
-    w, h = image.size
-    short, long = min(w, h), max(w, h)
-    if short != decoding.resize:
-        new_long = int(decoding.resize * long / short)
-        size = (decoding.resize, new_long) if w <= h else (new_long, decoding.resize)
+    size = resized_size(*image.size, decoding.resize)
+    if size != image.size:
         image = image.resize(size, str_to_pil_interp(decoding.interpolation))
     w, h = image.size
     left, top = int(round((w - decoding.crop) / 2.0)), int(round((h - decoding.crop) / 2.0))
@@ -142,7 +143,27 @@ def to_rgb_array(image: Image.Image, decoding: Decoding) -> np.ndarray:
         image = image.crop((left, top, left + decoding.crop, top + decoding.crop))
     return np.asarray(image, dtype=np.uint8)
 
-def _open(cell, max_pixels: int) -> Image.Image:
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """(width, height) after the shorter side is resized to ``resize`` (torchvision's Resize rule)."""
+    short, long = min(width, height), max(width, height)
+    if short == resize:
+        return width, height
+    new_long = int(resize * long / short)
+    return (resize, new_long) if width <= height else (new_long, resize)
+
+def _check_size(width: int, height: int, decoding: Decoding, max_pixels: int) -> None:
+    """Refuse, from the header, an image whose decoding would allocate more than ``max_pixels`` pixels: the
+    source itself, or the resize of its shorter side (a 1x200,000 px strip resized to 256 is 51 GP)."""
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} pixels, over data.max_image_pixels={max_pixels}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(f"{width}x{height} pixels, aspect ratio over {MAX_ASPECT_RATIO}:1")
+    new_w, new_h = resized_size(width, height, decoding.resize)
+    if new_w * new_h > max_pixels:
+        raise ValueError(f"{width}x{height} pixels, resized to {new_w}x{new_h}, over "
+                         f"data.max_image_pixels={max_pixels}")
+
+def _open(cell, decoding: Decoding, max_pixels: int) -> Image.Image:
     """A datasets Image cell read with decode=False: {'bytes': ..., 'path': ...}, opened (header only)
     and checked against the pixel cap before anything is decoded."""
     if cell.get("bytes"):
@@ -152,19 +173,20 @@ def _open(cell, max_pixels: int) -> Image.Image:
         if not stat.S_ISREG(os.stat(cell["path"]).st_mode):
             raise ValueError("not a regular file")
         image = Image.open(cell["path"])
-    width, height = image.size  # from the header: Image.open is lazy
-    if width * height > max_pixels:
+    try:
+        _check_size(*image.size, decoding, max_pixels)  # from the header: Image.open is lazy
+    except ValueError:
         image.close()
-        raise ValueError(f"{width}x{height} pixels, over data.max_image_pixels={max_pixels}")
+        raise
     return image
 
 def decode_cell(cell: dict | str, decoding: Decoding, on_bad_image: str = "error",
                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, bool]:
-    """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one (missing, not
-    a regular file, over `max_pixels`, undecodable) is zeros with ok=False, or a DataError naming
-    it when on_bad_image='error'."""
+    """One undecoded image cell -> (RGB uint8 [crop, crop, 3], ok); an unreadable one (missing, not a regular
+    file, over `max_pixels` as stored or as resized, too elongated, undecodable) is zeros with ok=False, or a
+    DataError naming it when on_bad_image='error'."""
     try:
-        return to_rgb_array(_open(cell, max_pixels), decoding), True
+        return to_rgb_array(_open(cell, decoding, max_pixels), decoding), True
     except BAD_IMAGE_ERRORS as exc:
         where = cell.get("path") or "an embedded image"
         if on_bad_image == "error":

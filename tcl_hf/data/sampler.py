@@ -29,6 +29,22 @@ def stratified_subset(labels: np.ndarray, num_classes: int, size: int, seed: int
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
 
 
+def stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of exactly min(size, N) samples drawn at random, each class in proportion to its share
+    (``data.limit``): unlike ``stratified_subset``, the rounding leaves no class out that the size can hold."""
+    labels = np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    classes, position, counts = np.unique(labels[order], return_inverse=True, return_counts=True)
+    # Each sample's rank within its class, in the shuffled order.
+    by_class = np.argsort(position, kind="stable")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[by_class] = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    # The k-th sample of a class of n comes due at (k + 0.5) / n: taking the earliest dues takes every class at
+    # the same pace, i.e. in proportion (rounded to nearest); equal dues are taken in the shuffled order.
+    due = (rank + 0.5) / counts[position]
+    return np.sort(order[np.argsort(due, kind="stable")[:size]])
+
+
 def balanced_subset(labels: np.ndarray, num_classes: int, samples_per_epoch: int, seed: int, epoch: int) -> np.ndarray:
     """Shuffled indices of a class-balanced random subset, the same for the same (seed, epoch)."""
     labels = np.asarray(labels)
