@@ -407,6 +407,7 @@ def _made_up_run(run_dir: Path) -> Path:
     truth = np.asarray(digits_dataset_dict()["train"]["label"][:40], dtype=np.int64)
     given = symmetric_noise(truth, 0.4, 10, seed=0)
     write_label_issues(run_dir, label_issues(given, given, np.linspace(0.2, 0.9, 40), truth))
+    (run_dir / "summary.json").write_text(json.dumps({"test_acc": 0.5, "verdict": "ok"}))  # a finished, healthy run
     (run_dir / "repaired").mkdir()  # an earlier repair's folder stands in the way of nothing: it must survive
     return run_dir
 
