@@ -240,10 +240,8 @@ class Trainer:
 
     # ---- the whole run --------------------------------------------------------------------------
     def train(self) -> dict:
-        """Run the job to the end (or to train.max_steps) and write the run folder; returns the summary.
-
-        SIGTERM/SIGINT stop it at the next step boundary with a checkpoint (raises StopRequested).
-        """
+        """Run the job to the end (or to train.max_steps) and write the run folder; returns the summary. SIGTERM
+        and SIGINT stop it at the next step boundary with a checkpoint (raises StopRequested)."""
         try:
             with self.stop:
                 return self._run()

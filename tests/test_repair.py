@@ -208,7 +208,7 @@ def test_a_folder_without_a_run_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("verdict", ["collapsed at epoch 2", "never left warm-up"])
 def test_a_failed_run_is_refused_unless_accepted_and_then_says_so(tmp_path, capsys, verdict):
-    truth = np.asarray(digits_dataset_dict()["train"]["label"][:LIMIT], dtype=np.int64)
+    truth = np.asarray(digits_dataset_dict()["train"]["label"], dtype=np.int64)[drawn_rows()]
     given = symmetric_noise(truth, 0.4, 10, seed=0)
     run_dir = tmp_path / "run"
     write_run(run_dir, DIGITS, given, truth, summary={**SUMMARY, "verdict": verdict}, predicted=truth)
