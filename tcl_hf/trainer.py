@@ -58,8 +58,10 @@ class Trainer:
             # Only TCL trains the projector, so DDP must tolerate its unused weights otherwise.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method != "tcl")])
         check_launch(acc)
-        # One run per folder: take the lock, then refuse a clash with another run before spending time
-        # on data or models (nothing is removed before the new run is ready to train).
+        # One run per folder: refuse a folder that is not a run's before leaving a lock file in it, take the lock,
+        # then refuse a clash with another run before spending time on data or models (nothing is removed before
+        # the new run is ready to train).
+        rundir.check_run_folder(self.output_dir)
         self._lock = rundir.lock_run_folder(self.output_dir, acc.is_main_process, lambda f: any_process(f, acc))
         rundir.check_reuse(self.output_dir, cfg.train.resume, cfg.overwrite, to_dict(cfg))
         acc.wait_for_everyone()
@@ -260,6 +262,7 @@ class Trainer:
             if cfg.overwrite and not cfg.train.resume:
                 # The new run has its data and model: only now may the previous run's outputs go.
                 rundir.clear_previous_outputs(self.output_dir)
+            rundir.mark_run(self.output_dir, resumed=cfg.train.resume)
             save_config(cfg, self.output_dir / rundir.CONFIG_FILE)
         acc.wait_for_everyone()
         resumed = cfg.train.resume and self.resume()
