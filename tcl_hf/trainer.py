@@ -58,10 +58,8 @@ class Trainer:
             # Only TCL trains the projector, so DDP must tolerate its unused weights otherwise.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method != "tcl")])
         check_launch(acc)
-        # One run per folder: refuse a folder that is not a run's before leaving a lock file in it, take the lock,
-        # then refuse a clash with another run before spending time on data or models (nothing is removed before
-        # the new run is ready to train).
-        rundir.check_run_folder(self.output_dir)
+        # One run per folder: take the lock, then refuse a clash with another run before spending time
+        # on data or models (nothing is removed before the new run is ready to train).
         self._lock = rundir.lock_run_folder(self.output_dir, acc.is_main_process, lambda f: any_process(f, acc))
         rundir.check_reuse(self.output_dir, cfg.train.resume, cfg.overwrite, to_dict(cfg))
         acc.wait_for_everyone()

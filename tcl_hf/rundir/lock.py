@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import TCLError
 from .files import open_for_writing
-from .folder import check_writable
+from .folder import check_run_folder
 from .marker import Snapshot, output_files, record_written, written_since
 from .names import LOCK_FILE, LOCK_PID_FILE
 
@@ -93,8 +93,9 @@ class RunLock:
 
 def lock_run_folder(output_dir: Path, is_main: bool, agree: Callable[[bool], bool]) -> RunLock | None:
     """The main process takes the folder's lock; every process stops if it could not be taken
-    (``agree(failed_here)`` tells every process whether any failed)."""
-    check_writable(output_dir)
+    (``agree(failed_here)`` tells every process whether any failed). A folder that is not a run's is refused
+    first, so it gets no lock file."""
+    check_run_folder(output_dir)
     lock, problem = None, None
     if is_main:
         try:

@@ -8,6 +8,7 @@ released, so a file the user adds there at another time is never taken for the r
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import stat
@@ -41,10 +42,16 @@ def read_marker(output_dir: Path) -> dict | None:
     return marker
 
 
-def _write_marker(output_dir: Path, written: Iterable[str]) -> None:
-    from .. import __version__
+def _version() -> str:
+    # From the installed distribution: the package's own __version__ would make the package import itself.
+    try:
+        return importlib.metadata.version(TOOL)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"  # run from a source tree that was never installed
 
-    marker = {"tool": TOOL, "version": __version__, "written": sorted(set(written))}
+
+def _write_marker(output_dir: Path, written: Iterable[str]) -> None:
+    marker = {"tool": TOOL, "version": _version(), "written": sorted(set(written))}
     atomic_write_text(Path(output_dir) / RUN_MARKER_FILE, json.dumps(marker, indent=1) + "\n")
 
 
