@@ -1,5 +1,6 @@
-"""The folder's rules: one run per folder unless told otherwise, a resume must be the same run, files
-appear whole (atomic writes, ``metrics.jsonl`` one whole line at a time)."""
+"""The folder's rules: a run writes only into a new or empty folder or a tcl_hf run's, one run per folder unless
+told otherwise (and then only the files the earlier run wrote are removed), a resume must be the same run,
+``metrics.jsonl`` grows one whole line at a time."""
 from __future__ import annotations
 
 import contextlib

@@ -100,8 +100,7 @@ def owned_file(output_dir: Path, name: str) -> Path | None:
     """The file a marker entry names, when it is still one a run could have written: under one of the run's output
     names (not the checkpoints), reached without a link, and a regular file. Anything else is left alone."""
     parts = PurePosixPath(name).parts
-    if not parts or parts[0] not in RUN_OUTPUTS or parts[0] == CHECKPOINTS_DIR or PurePosixPath(name).is_absolute() \
-            or any(p in ("", ".", "..") for p in parts):
+    if not parts or parts[0] not in RUN_OUTPUTS or parts[0] == CHECKPOINTS_DIR or ".." in parts:
         return None
     path = Path(output_dir)
     for part in parts[:-1]:
