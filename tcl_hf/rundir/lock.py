@@ -29,9 +29,9 @@ class RunLock:
         self._before: Snapshot | None = None
 
     def acquire(self) -> "RunLock":
-        lock = self._take()
+        self._take()
         self._before = output_files(self.path.parent)
-        return lock
+        return self
 
     def _take(self) -> "RunLock":
         fd = open_for_writing(self.path, os.O_RDWR | os.O_CREAT)
