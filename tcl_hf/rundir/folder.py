@@ -26,12 +26,15 @@ RESUMABLE_CHANGES = (*OUTCOME_NEUTRAL, "train.epochs", "train.max_steps")
 
 RESUMABLE_PREFIXES = ("log.", "hub.")
 
+# The probe file check_writable makes and removes (another process of the same launch may be holding one).
+WRITE_PROBE_PREFIX = ".write-test-"
+
 # ---- the folder ------------------------------------------------------------------------------------
 def check_writable(output_dir: Path) -> None:
     """Create the folder and write a probe file, so an unusable path fails before any work."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=WRITE_PROBE_PREFIX):
             pass
     except OSError as exc:
         raise ConfigError(f"output_dir: cannot write to {str(output_dir)!r} ({exc.strerror or exc})") from None
@@ -40,8 +43,9 @@ def existing_outputs(output_dir: Path) -> list[str]:
     return [name for name in RUN_OUTPUTS if os.path.lexists(output_dir / name)]
 
 def _contents(output_dir: Path) -> list[str]:
-    """What the folder holds besides tcl_hf's own lock and marker."""
-    return sorted(name for name in os.listdir(output_dir) if name not in BOOKKEEPING)
+    """What the folder holds besides tcl_hf's own lock, marker and write probes."""
+    return sorted(name for name in os.listdir(output_dir)
+                  if name not in BOOKKEEPING and not name.startswith(WRITE_PROBE_PREFIX))
 
 def _shown(names: list[str], most: int = 4) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
