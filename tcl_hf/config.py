@@ -261,6 +261,7 @@ def validate(cfg: Config) -> None:
     if not cfg.output_dir.strip():
         raise ConfigError("output_dir: must not be empty (an empty value would train into the current folder); "
                           "name a folder, e.g. output_dir=runs/my_run")
+    _check_output_dir(cfg.output_dir)
     if cfg.noise.type in ("file", "cifarn") and not cfg.noise.file:
         what = ("a .npy with one label per training sample" if cfg.noise.type == "file"
                 else "CIFAR-10_human.pt or CIFAR-100_human.pt")
@@ -308,6 +309,19 @@ def warn_at_start_up(cfg: Config, print_line: Callable[[str], None]) -> None:
                    f"epoch is warm-up); lower optim.warmup_epochs or raise train.epochs")
 
 
+def _check_output_dir(value: str) -> None:
+    """Refuse a folder that holds far more than a run: the root of the file system, the home folder, and the
+    folder tcl_hf is started from or one that holds it (where the user's project is). Any other folder that is
+    neither empty nor a run's is refused when the run starts (tcl_hf.rundir)."""
+    path, cwd, home = Path(value).resolve(), Path.cwd().resolve(), Path.home().resolve()
+    what = ("the root of the file system" if path == Path(path.anchor) else "your home folder" if path == home
+            else "the current folder" if path == cwd else "a folder that holds the current one" if path in cwd.parents
+            else None)
+    if what:
+        raise ConfigError(f"output_dir: {value!r} is {what}; a run writes its files and removes them on overwrite, "
+                          f"so name a folder for this run, e.g. output_dir=runs/my_run")
+
+
 def _check_backbone(name: str) -> None:
     import timm  # importing it registers the project's own architectures (tcl_hf/__init__.py)
 
@@ -318,7 +332,9 @@ def _check_backbone(name: str) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from .rundir.files import atomic_write_text  # rundir reads configs: imported here, not at the top
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def flat_keys() -> dict[str, Any]:

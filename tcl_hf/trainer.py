@@ -259,6 +259,7 @@ class Trainer:
             if cfg.overwrite and not cfg.train.resume:
                 # The new run has its data and model: only now may the previous run's outputs go.
                 rundir.clear_previous_outputs(self.output_dir)
+            rundir.mark_run(self.output_dir, resumed=cfg.train.resume)
             save_config(cfg, self.output_dir / rundir.CONFIG_FILE)
         acc.wait_for_everyone()
         resumed = cfg.train.resume and self.resume()

@@ -18,6 +18,9 @@ CHECKPOINT_PREFIX = "step_"
 # renames leaves it as the only copy of that step, so it still counts as a checkpoint.
 REPLACED_PREFIX = ".replaced-"
 
+# A checkpoint being written, renamed into place once complete.
+WRITING_PREFIX = ".tmp-"
+
 # ---- checkpoints -----------------------------------------------------------------------------------
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -26,6 +29,15 @@ def _step_of(name: str) -> int | None:
     name = name.removeprefix(REPLACED_PREFIX)
     digits = name[len(CHECKPOINT_PREFIX):]
     return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+def checkpoint_entries(output_dir: str | Path) -> list[Path]:
+    """Every folder under checkpoints/ that a run made: complete, set aside or being written (a run replaces
+    these whole as it goes; anything else there is not a run's)."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    return [path for path in root.iterdir() if path.is_dir() and not path.is_symlink()
+            and _step_of(path.name.removeprefix(WRITING_PREFIX)) is not None]
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     """Checkpoint folders renamed into place, oldest first (a set-aside copy only when its step has no other)."""
@@ -87,7 +99,7 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None],
     and keep the newest ``keep``. Any error while writing gives one line and leaves no temporary folder."""
     root = Path(output_dir) / CHECKPOINTS_DIR
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{final.name}"
+    tmp = root / f"{WRITING_PREFIX}{final.name}"
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -1,7 +1,9 @@
-"""The folder's rules: one run per folder unless told otherwise, a resume must be the same run, files
-appear whole (atomic writes, ``metrics.jsonl`` one whole line at a time)."""
+"""The folder's rules: a run writes only into a new or empty folder or a tcl_hf run's, one run per folder unless
+told otherwise (and then only the files the earlier run wrote are removed), a resume must be the same run,
+``metrics.jsonl`` grows one whole line at a time."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +12,10 @@ from pathlib import Path
 
 from ..config import flatten, read_recipe
 from ..errors import ConfigError, TCLError
-from .names import CONFIG_FILE, METRICS_FILE, RUN_OUTPUTS
+from .checkpoints import checkpoint_entries
+from .files import append_line, atomic_write_text
+from .marker import owned_file, read_marker
+from .names import BOOKKEEPING, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, RUN_MARKER_FILE, RUN_OUTPUTS
 
 # Keys a resumed run may change without becoming a different run.
 # Settings that never change what a run computes (with the prefixes below): a finished run stays comparable.
@@ -22,18 +27,29 @@ RESUMABLE_CHANGES = (*OUTCOME_NEUTRAL, "train.epochs", "train.max_steps")
 
 RESUMABLE_PREFIXES = ("log.", "hub.")
 
+# The probe file check_writable makes and removes (another process of the same launch may be holding one).
+WRITE_PROBE_PREFIX = ".write-test-"
+
 # ---- the folder ------------------------------------------------------------------------------------
 def check_writable(output_dir: Path) -> None:
     """Create the folder and write a probe file, so an unusable path fails before any work."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=WRITE_PROBE_PREFIX):
             pass
     except OSError as exc:
         raise ConfigError(f"output_dir: cannot write to {str(output_dir)!r} ({exc.strerror or exc})") from None
 
 def existing_outputs(output_dir: Path) -> list[str]:
-    return [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    return [name for name in RUN_OUTPUTS if os.path.lexists(output_dir / name)]
+
+def _contents(output_dir: Path) -> list[str]:
+    """What the folder holds besides tcl_hf's own lock, marker and write probes."""
+    return sorted(name for name in os.listdir(output_dir)
+                  if name not in BOOKKEEPING and not name.startswith(WRITE_PROBE_PREFIX))
+
+def _shown(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 def read_saved_config(output_dir: Path, key: str) -> dict:
     """The resolved configuration a run saved, or a one-line error (under ``key``) saying why it cannot be used."""
@@ -55,51 +71,74 @@ def run_differences(saved: dict, current: dict, ignored: tuple[str, ...] = RESUM
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and k not in ignored and not k.startswith(RESUMABLE_PREFIXES)]
 
-def check_reuse(output_dir: Path, resume: bool, overwrite: bool, config: dict) -> None:
-    """Refuse, before any work, to mix two runs in one folder; nothing is removed here.
-
-    Resuming needs the same run; replacing (overwrite) needs a folder that holds a tcl_hf run.
-    """
+def check_run_folder(output_dir: Path) -> None:
+    """Refuse a folder that is neither new, empty nor a tcl_hf run (its marker, or a config.yaml a resume may
+    check), naming some of what it holds; the folder is created when missing."""
     check_writable(output_dir)
+    contents = _contents(output_dir)
+    if contents and not os.path.lexists(output_dir / RUN_MARKER_FILE) and not (output_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"output_dir: {output_dir} is not empty ({_shown(contents)}) and holds no tcl_hf run; "
+                          f"tcl_hf writes only into a new or empty folder or its own run's; choose another output_dir")
+
+def check_reuse(output_dir: Path, resume: bool, overwrite: bool, config: dict) -> None:
+    """Refuse, before any work, to write into a folder that is neither empty nor a tcl_hf run, or to mix two runs
+    in one folder; nothing is removed here.
+
+    A tcl_hf run is a folder with tcl_hf's marker, or (for a resume only) one whose saved config is the same run's:
+    a run made before markers existed, or another tool's folder with a config.yaml, is never replaced.
+    """
+    check_run_folder(output_dir)
+    marked = read_marker(output_dir) is not None
+    saved = (output_dir / CONFIG_FILE).is_file()
+    if resume:
+        if saved:
+            _check_same_run(output_dir, config)
+        return
     found = existing_outputs(output_dir)
-    if resume and (output_dir / CONFIG_FILE).is_file():
-        saved = read_saved_config(output_dir, "train.resume")
-        diff = run_differences(saved, config)
-        if diff:
-            shown = ", ".join(f"{k}={flatten(saved).get(k)!r}->{flatten(config).get(k)!r}" for k in diff[:4])
-            raise ConfigError(f"train.resume: {output_dir} holds a run with other settings ({shown}); "
-                              f"resume with the same recipe and keys, or choose another output_dir")
+    if not found:
         return
-    if not found or resume:
-        return
+    if not marked:
+        raise ConfigError(f"{'overwrite' if overwrite else 'output_dir'}: {output_dir} holds {_shown(found)} without "
+                          f"tcl_hf's {RUN_MARKER_FILE} (a run of an older tcl_hf, or another tool's files), so tcl_hf "
+                          f"cannot tell which files are its own and replaces nothing; continue it with "
+                          f"train.resume=true, delete its outputs by hand, or choose another output_dir")
     if not overwrite:
-        raise ConfigError(f"output_dir: {output_dir} already holds a run ({', '.join(found)}); add train.resume=true "
+        raise ConfigError(f"output_dir: {output_dir} already holds a run ({_shown(found)}); add train.resume=true "
                           f"to continue it, overwrite=true to replace it, or pick another output_dir")
-    if not (output_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"overwrite: {output_dir} holds {', '.join(found)} but no tcl_hf run ({CONFIG_FILE} is "
-                          f"missing); refusing to delete what another tool wrote; choose another output_dir")
-    read_saved_config(output_dir, "overwrite")
+
+def _check_same_run(output_dir: Path, config: dict) -> None:
+    saved = read_saved_config(output_dir, "train.resume")
+    diff = run_differences(saved, config)
+    if diff:
+        shown = ", ".join(f"{k}={flatten(saved).get(k)!r}->{flatten(config).get(k)!r}" for k in diff[:4])
+        raise ConfigError(f"train.resume: {output_dir} holds a run with other settings ({shown}); "
+                          f"resume with the same recipe and keys, or choose another output_dir")
 
 def clear_previous_outputs(output_dir: Path) -> None:
-    """overwrite=true: remove the previous run's outputs (only those), once the new run is ready to train."""
-    for name in existing_outputs(output_dir):
-        path = output_dir / name
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """overwrite=true, once the new run is ready to train: remove the files the marker lists and the checkpoints,
+    one by one; what else the output folders hold stays, and a folder goes only when that left it empty."""
+    marker = read_marker(output_dir)
+    if marker is None:
+        return
+    emptied = set()
+    for name in marker["written"]:
+        path = owned_file(output_dir, name)
+        if path is not None:
+            path.unlink()
+            emptied.update(p for p in path.parents if p != output_dir and output_dir in p.parents)
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    for path in checkpoint_entries(output_dir):
+        shutil.rmtree(path)
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        emptied.add(checkpoints)
+    for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: the user's files are in it
+            folder.rmdir()
 
 # ---- metrics.jsonl ---------------------------------------------------------------------------------
 def append_metrics(output_dir: Path, record: dict) -> None:
     """One JSON line per call, written with a single append: a kill leaves whole lines, or a torn last one."""
-    fd = os.open(Path(output_dir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
+    append_line(Path(output_dir) / METRICS_FILE, json.dumps(record))
 
 def read_metrics(output_dir: Path) -> list[dict]:
     """The per-epoch records; a torn last line (a kill during the write) is left out, damage elsewhere

@@ -1,4 +1,5 @@
-"""One run per folder: an exclusive lock on ``output_dir`` for a run's lifetime."""
+"""One run per folder: an exclusive lock on ``output_dir`` for a run's lifetime. What appears under the run's output
+names while the lock is held is what tcl_hf wrote: releasing the lock lists it in the run's marker."""
 from __future__ import annotations
 
 import errno
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import TCLError
-from .folder import check_writable
-from .names import LOCK_FILE
+from .files import open_for_writing
+from .folder import check_run_folder
+from .marker import Snapshot, output_files, record_written, written_since
+from .names import LOCK_FILE, LOCK_PID_FILE
 
 # ---- the lock ----------------------------------------------------------------------------------------
 class RunLock:
@@ -24,9 +27,15 @@ class RunLock:
         self.path = Path(output_dir) / LOCK_FILE
         self._fd: int | None = None
         self._pid_file = False
+        self._before: Snapshot | None = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._take()
+        self._before = output_files(self.path.parent)
+        return self
+
+    def _take(self) -> "RunLock":
+        fd = open_for_writing(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -45,10 +54,10 @@ class RunLock:
         return self
 
     def _acquire_pid_file(self) -> "RunLock":
-        path = self.path.with_suffix(".pid")
+        path = self.path.with_name(LOCK_PID_FILE)
         for _ in range(2):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = open_for_writing(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 holder = path.read_text(errors="replace").strip()
                 host, _, pid = holder.partition(" pid ")
@@ -64,20 +73,30 @@ class RunLock:
         raise TCLError(f"output_dir: cannot lock {self.path.parent}; choose another output_dir")
 
     def release(self) -> None:
+        """List what was written under the lock in the run's marker, then unlock."""
+        try:
+            if self._before is not None:
+                record_written(self.path.parent, written_since(self.path.parent, self._before))
+                self._before = None
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock; the file stays for the next run to lock
             self._fd = None
         if self._pid_file:
-            self.path.with_suffix(".pid").unlink(missing_ok=True)
+            self.path.with_name(LOCK_PID_FILE).unlink(missing_ok=True)
             self._pid_file = False
 
     def __del__(self):
-        self.release()
+        self._unlock()  # an abandoned lock (a run that failed to start) wrote nothing worth listing
 
 def lock_run_folder(output_dir: Path, is_main: bool, agree: Callable[[bool], bool]) -> RunLock | None:
     """The main process takes the folder's lock; every process stops if it could not be taken
-    (``agree(failed_here)`` tells every process whether any failed)."""
-    check_writable(output_dir)
+    (``agree(failed_here)`` tells every process whether any failed). A folder that is not a run's is refused
+    first, so it gets no lock file."""
+    check_run_folder(output_dir)
     lock, problem = None, None
     if is_main:
         try:
@@ -96,7 +115,7 @@ def shared_run_lock(output_dir: Path, key: str) -> Iterator[None]:
     system has no ``flock``, a live holder's pid file refuses; nothing is held then."""
     path = Path(output_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a planted link is refused (ELOOP), never read through
     except FileNotFoundError:
         yield
         return
