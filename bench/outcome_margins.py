@@ -90,16 +90,18 @@ def collapse_real(seed: int, work: Path) -> dict:
 
     runs = t.budget_runs(SHARED_DATA / "cifar10", SHARED_DATA / "cifar-n" / "CIFAR-10_human.pt", work / f"real_{seed}",
                          seed)
-    ref, quick = runs["reference"], runs["quickstart"]
-    tcl_epochs = [r for r in quick["records"] if r["epoch"] >= 5]
-    return {"reference fires": ref["stopped"] is not None,
-            "reference entropy ratio at stop": ref["records"][-1]["pred_entropy_ratio"],
-            "quickstart tcl_from_epoch": quick["summary"]["tcl_from_epoch"],
-            "quickstart fires": quick["summary"]["collapsed_epoch"] is not None,
-            "quickstart min entropy ratio": min(r["pred_entropy_ratio"] for r in tcl_epochs),
-            "noise_auc gap": quick["summary"]["noise_auc"] - ref["records"][-1]["noise_auc"],
-            "vs CE: test_acc gap": quick["summary"]["test_acc"] - runs["ce"]["summary"]["test_acc"],
-            "vs CE: noise_auc gap": quick["summary"]["noise_auc"] - runs["ce"]["summary"]["noise_auc"]}
+    collapse, ref, quick, ce = (runs[name] for name in ("collapse", "reference", "quickstart", "ce"))
+    tcl_epochs = [r for r in quick["records"] if r["epoch"] >= quick["summary"]["tcl_from_epoch"]]
+    return {"lr 0.8: fires at epoch": collapse["records"][-1]["epoch"] if collapse["stopped"] else None,
+            "lr 0.8: entropy ratio at stop": collapse["records"][-1]["pred_entropy_ratio"],
+            "lr 0.1, reference: fires": ref["stopped"] is not None,
+            "lr 0.1, reference: last entropy ratio": ref["records"][-1]["pred_entropy_ratio"],
+            "lr 0.1, guards: tcl_from_epoch": quick["summary"]["tcl_from_epoch"],
+            "lr 0.1, guards: fires": quick["summary"]["collapsed_epoch"] is not None,
+            "lr 0.1, guards: min entropy ratio": min(r["pred_entropy_ratio"] for r in tcl_epochs),
+            "lr 0.1, guards - reference: noise_auc": quick["summary"]["noise_auc"] - ref["records"][-1]["noise_auc"],
+            "lr 0.1, guards - CE: test_acc": quick["summary"]["test_acc"] - ce["summary"]["test_acc"],
+            "lr 0.1, guards - CE: noise_auc": quick["summary"]["noise_auc"] - ce["summary"]["noise_auc"]}
 
 
 def planted_features(seed: int, work: Path) -> dict:
@@ -123,9 +125,9 @@ CASES = {
     "short_run": (short_run, False, SHORT_RUN_CHECKS),
     "auto_switch": (auto_switch, False, []),
     "plus_chain": (plus_chain, False, [("label_acc gain", 0.0, None, None)]),
-    "collapse_real": (collapse_real, True, [("reference entropy ratio at stop", 0.5, 1.0, 0.0),
-                                            ("quickstart min entropy ratio", 0.5, 0.0, 1.0),
-                                            ("noise_auc gap", 0.05, 0.0, 0.5)]),
+    # Only the first two rows are a test's (it fires at epoch 2); the rest are issue 11's comparisons, measured here
+    # because no threshold on them holds over seeds.
+    "collapse_real": (collapse_real, True, []),
     "planted_features": (planted_features, False, [("em auc (per_class=False)", 0.95, 0.5, 1.0),
                                                    ("em auc (per_class=True)", 0.95, 0.5, 1.0),
                                                    ("prediction auc", 0.95, 0.5, 1.0),

@@ -1,14 +1,15 @@
-"""Issue 11 on real data: 1,000 CIFAR-10 images with CIFAR-10N's "worse" human labels (42.7 % wrong), a small
-backbone at 16 px and an 8-epoch schedule, three runs on the same budget:
+"""A collapse on real data: 1,000 CIFAR-10 images with CIFAR-10N's "worse" human labels, a small backbone at 16 px.
 
-- the reference's settings (a fixed warm-up, ``optim.warmup_epochs=2``, and target scales that follow the
-  clean-ratio estimate) with ``train.on_collapse=stop``: the detector fires and the run stops with its line;
-- the quickstart's settings (``optim.warmup_epochs=auto``, ``tcl.scale1=tcl.scale2=1``): no collapse;
-- the cross-entropy baseline.
+The reference's fixed two-epoch warm-up at eight times the quickstart's lr (``optim.lr=0.8``) with
+``train.on_collapse=stop``: the classifier falls onto a few classes in the first TCL epoch, the detector fires
+there and the run stops with its line and a checkpoint. Measured over seeds 0-4 (bench/outcome_margins.py): it
+fires at epoch 2 on every seed.
 
-The issue also asks the quickstart-style run to reach the baseline's test accuracy and noise AUC. At this budget it
-does not (README "Your own dataset"); the strict xfail says so, and turns red the day it does. Skipped without
-../shared/data.
+Issue 11's comparisons at the quickstart's lr (0.1, 8 epochs: the reference's settings, the quickstart's guards and
+CE on one budget) are not tests any more: over seeds 0-4 the reference's settings collapse on four seeds, the
+guarded run on one, and the guarded run's AUC lead over the reference's ranges from 0.02 to 0.11, so no threshold
+holds on every machine (issue 22). bench/outcome_margins.py runs them (``budget_runs``) and BENCHMARKS.md
+("Outcome tests") keeps the table. Skipped without ../shared/data.
 """
 from __future__ import annotations
 
@@ -30,15 +31,21 @@ BUDGET = ["data.limit=1000", "data.image_size=16", "model.backbone=preact_resnet
 QUICKSTART_GUARDS = ["optim.warmup_epochs=auto", "tcl.scale1=1", "tcl.scale2=1"]
 
 
-def budget_runs(data: Path, labels: Path, root: Path, seed: int = 0) -> dict[str, dict]:
-    """The three runs on one budget (also run over seeds by bench/outcome_margins.py)."""
+# The runs on one budget: the test runs "collapse"; bench/outcome_margins.py all of them, over seeds.
+RUNS = {"collapse": ["optim.warmup_epochs=2", "train.on_collapse=stop", "optim.lr=0.8"],
+        "reference": ["optim.warmup_epochs=2", "train.on_collapse=stop"],
+        "quickstart": QUICKSTART_GUARDS,
+        "ce": ["method=ce", "optim.warmup_epochs=2"]}
+
+
+def budget_runs(data: Path, labels: Path, root: Path, seed: int = 0, names=tuple(RUNS)) -> dict[str, dict]:
+    """Trains the named runs of ``RUNS``; for each: its summary (None when stopped), stop line and epoch records."""
     found = {}
-    for name, extra in [("reference", ["optim.warmup_epochs=2", "train.on_collapse=stop"]),
-                        ("quickstart", QUICKSTART_GUARDS), ("ce", ["method=ce", "optim.warmup_epochs=2"])]:
+    for name in names:
         reset_accelerate()
         out = root / name
         cfg = load_config(None, [*BUDGET, f"data.path={data}", f"noise.file={labels}", f"output_dir={out}",
-                                 f"seed={seed}", *extra])
+                                 f"seed={seed}", *RUNS[name]])
         summary, stopped = None, None
         try:
             summary = Trainer(cfg).train()
@@ -50,38 +57,20 @@ def budget_runs(data: Path, labels: Path, root: Path, seed: int = 0) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, dict]:
+def collapsed(tmp_path_factory) -> dict:
     data, labels = shared_path("cifar10"), shared_path("cifar-n", "CIFAR-10_human.pt")
-    return budget_runs(data, labels, tmp_path_factory.mktemp("collapse_real"))
+    return budget_runs(data, labels, tmp_path_factory.mktemp("collapse_real"), names=["collapse"])["collapse"]
 
 
-def test_reference_settings_collapse_and_the_run_stops_with_its_line(runs):
-    ref = runs["reference"]
-    line, last = ref["stopped"], ref["records"][-1]
-    assert ref["summary"] is None and line is not None, "the collapse detector did not fire"
-    # It stops at the first epoch judged collapsed: predictions spread over less than half the labels' entropy.
-    assert last["collapsed"] is True and last["pred_entropy_ratio"] < 0.5
-    assert not any(r.get("collapsed") for r in ref["records"][:-1])
-    assert line.startswith(f"TCL collapsed at epoch {last['epoch']}: the classifier degenerated (")
-    assert "optim.warmup_epochs=auto" in line and "tcl.scale1=1 tcl.scale2=1" in line and "\n" not in line
+def test_a_real_collapse_stops_the_run_at_its_first_tcl_epoch_with_its_line(collapsed):
+    line, records = collapsed["stopped"], collapsed["records"]
+    assert collapsed["summary"] is None and line is not None, "the collapse detector did not fire"
+    # The warm-up ends after epoch 1; the first TCL epoch is judged collapsed, and the run stops there.
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["collapsed"] is True
+    assert "collapsed" not in records[0]
+    assert line.startswith("TCL collapsed at epoch 2: the classifier degenerated (") and "\n" not in line
+    # The line's reason is the record's: a spread below half the labels' entropy is named as few classes.
+    assert ("cover few classes" in line) == (records[-1]["pred_entropy_ratio"] < 0.5)
+    assert "optim.warmup_epochs=auto" in line and "tcl.scale1=1 tcl.scale2=1" in line
     checkpoint = Path(line.rsplit("checkpoint: ", 1)[1])
     assert (checkpoint / "run_state.json").is_file()
-
-
-def test_quickstart_settings_do_not_collapse(runs):
-    run, ref = runs["quickstart"], runs["reference"]["records"][-1]
-    summary = run["summary"]
-    # Not settled in 4 epochs of 1,000 images: the warm-up ends at its bound, half the run.
-    assert summary["tcl_from_epoch"] == 5 and summary["collapsed_epoch"] is None
-    tcl_epochs = run["records"][4:]
-    assert [r["epoch"] for r in tcl_epochs] == [5, 6, 7, 8] and not any(r["collapsed"] for r in tcl_epochs)
-    assert min(r["pred_entropy_ratio"] for r in tcl_epochs) >= 0.5
-    # Its detector ranks noisy labels clearly better than the collapsed run's.
-    assert summary["noise_auc"] > ref["noise_auc"] + 0.05
-
-
-@pytest.mark.xfail(strict=True, reason="issue 11: at a few CPU minutes TCL trails the CE baseline on real CIFAR "
-                                       "data (README 'Your own dataset')")
-def test_quickstart_settings_reach_the_ce_baseline(runs):
-    tcl, ce = runs["quickstart"]["summary"], runs["ce"]["summary"]
-    assert tcl["test_acc"] >= ce["test_acc"] and tcl["noise_auc"] >= ce["noise_auc"]
