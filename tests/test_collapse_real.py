@@ -1,9 +1,10 @@
 """A collapse on real data: 1,000 CIFAR-10 images with CIFAR-10N's "worse" human labels, a small backbone at 16 px.
 
-The reference's fixed two-epoch warm-up at eight times the quickstart's lr (``optim.lr=0.8``) with
+The reference's fixed two-epoch warm-up at sixteen times the quickstart's lr (``optim.lr=1.6``) with
 ``train.on_collapse=stop``: the classifier falls onto a few classes in the first TCL epoch, the detector fires
 there and the run stops with its line and a checkpoint. Measured over seeds 0-4 (bench/outcome_margins.py): it
-fires at epoch 2 on every seed.
+fires at epoch 2 on every seed, the predictions' spread at most 0.20 of the labels' entropy (the line is 0.5; at
+lr 0.8 the worst seed reached 0.43, too close).
 
 Issue 11's comparisons at the quickstart's lr (0.1, 8 epochs: the reference's settings, the quickstart's guards and
 CE on one budget) are not tests any more: over seeds 0-4 the reference's settings collapse on four seeds, the
@@ -32,7 +33,7 @@ QUICKSTART_GUARDS = ["optim.warmup_epochs=auto", "tcl.scale1=1", "tcl.scale2=1"]
 
 
 # The runs on one budget: the test runs "collapse"; bench/outcome_margins.py all of them, over seeds.
-RUNS = {"collapse": ["optim.warmup_epochs=2", "train.on_collapse=stop", "optim.lr=0.8"],
+RUNS = {"collapse": ["optim.warmup_epochs=2", "train.on_collapse=stop", "optim.lr=1.6"],
         "reference": ["optim.warmup_epochs=2", "train.on_collapse=stop"],
         "quickstart": QUICKSTART_GUARDS,
         "ce": ["method=ce", "optim.warmup_epochs=2"]}
