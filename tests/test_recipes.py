@@ -83,6 +83,12 @@ def test_tcl_plus_recipes_start_from_their_tcl_run_with_its_data(recipe, tmp_pat
     assert plus.plus.constant_lr and plus.tcl.per_class_gmm == base.tcl.per_class_gmm
 
 
+@pytest.mark.parametrize("recipe", PLUS_RECIPES, ids=lambda p: p.stem)
+def test_tcl_plus_recipes_keep_plain_batch_norm(recipe, tmp_path):
+    # The reference converts to SyncBN in its first stage (tcl.py) only; its second stage (tcl_plus.py) never does.
+    assert not load_config(recipe, _paths_that_exist(recipe, tmp_path)).train.sync_bn
+
+
 @pytest.mark.parametrize("recipe", [p for p in TCL_RECIPES if p.stem.startswith("cifar")], ids=lambda p: p.stem)
 def test_cifar_recipes_carry_reference_hyperparameters(recipe, tmp_path):
     cfg = load_config(recipe, _paths_that_exist(recipe, tmp_path))
