@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import kornia.augmentation as K
 import numpy as np
@@ -22,8 +24,11 @@ import torch.nn as nn
 from PIL import Image
 from torchvision import transforms as T
 
-from tcl_hf.op_recorder import OpRecorder
 from tcl_hf.views import Views
+
+# The op recorder is a test tool (it is built on torch's private dispatch modules), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from op_recorder import OpRecorder  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 

@@ -3,7 +3,7 @@
 Every random parameter is drawn per sample, on the images' device, from the torch RNG (the global one
 unless a generator is passed), and applied with batched kernels: no host synchronisation and an op
 count that does not grow with the batch. Why our own kernels rather than kornia 0.9's modules (aten ops
-per call at batch 8 / 256 and host syncs, counted on CPU with tcl_hf.op_recorder):
+per call at batch 8 / 256 and host syncs, counted on CPU with tests/op_recorder.py):
 - RandomCrop(padding): 201 / 945 ops ("slice" loops over samples), 264 in "resample" mode, and a
   data-dependent `unique` either way: here one exact integer gather.
 - RandomResizedCrop "slice" loops too (196 / 1,917 ops); "resample" is sync-free and flat (411 ops) but its

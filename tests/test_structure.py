@@ -99,6 +99,24 @@ def test_modules_are_small_enough_to_read(path):
     assert len(path.read_text().splitlines()) < limit
 
 
+def private_torch_imports(path: Path) -> list[str]:
+    """The torch modules ``path`` imports that have a private part (``torch.utils._python_dispatch``)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return [n for n in names if n.split(".")[0] == "torch" and any(part.startswith("_") for part in n.split("."))]
+
+
+def test_the_package_imports_no_private_torch_module():
+    # A torch release may change its private modules without notice: tools built on them (tests/op_recorder.py)
+    # stay out of what users install.
+    found = {module_name(p): private_torch_imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+    assert {module: names for module, names in found.items() if names} == {}
+
+
 def _modules_after(code: str) -> list[str]:
     heavy = ("torch", "timm", "huggingface_hub", "wandb", "matplotlib", "datasets", "accelerate")
     probe = f"{code}\nimport sys\nprint('loaded:', *(m for m in {heavy!r} if m in sys.modules))"

@@ -20,11 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from op_recorder import OpRecorder
 from PIL import Image, ImageOps
 from scipy import stats
 from torchvision import transforms as T
 
-from tcl_hf.op_recorder import OpRecorder
 from tcl_hf.views import (Jitter, Views, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
                           color_jitter, grayscale, pad_crop, random_grayscale, resized_crop, sample_resized_crop,
                           solarize)

@@ -1,7 +1,8 @@
 """Counts the aten ops a piece of code dispatches and flags the ones that stall the host on an accelerator.
 
 Used by bench/views_speed.py and the views tests: each dispatched op costs a kernel launch (or at least
-Python dispatch time), and a host sync stops the CPU from queueing work ahead of the device.
+Python dispatch time), and a host sync stops the CPU from queueing work ahead of the device. It lives with the
+tests, not in the package, because it is built on torch's private dispatch modules.
 """
 from __future__ import annotations
 
