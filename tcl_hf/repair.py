@@ -81,7 +81,7 @@ def _source_text(data: dict, hub_id: str | None, revision: str | None, name: str
 
 
 def _columns_text(split, config: dict) -> str:
-    from .repaired import CLEAN_LABEL, GIVEN_LABEL
+    from .repaired_dataset import CLEAN_LABEL, GIVEN_LABEL
 
     added = set(split.added)
     if config["data"].get("format") == "hf":
@@ -106,7 +106,7 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
 
     from .card import _dataset, _fmt, _noise_text, _value
     from .detector import CLEAN_THRESHOLD
-    from .repaired import REPAIR_TAG, hub_revision, label_accuracy
+    from .repaired_dataset import REPAIR_TAG, hub_revision, label_accuracy
 
     data, method = config["data"], config.get("method", "tcl")
     name, _, hub_id = _dataset(data)
@@ -184,7 +184,7 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
     from .card import public_config
     from .config import read_recipe
     from .report import load_label_issues
-    from .repaired import is_repaired_folder, repaired_rows, training_split, verdicts, write_parquet
+    from .repaired_dataset import is_repaired_folder, repaired_rows, training_split, verdicts, write_parquet
     from .rundir import RunLock
 
     run_dir = Path(run_dir)

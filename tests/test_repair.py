@@ -350,7 +350,7 @@ def test_hf_source_keeps_every_column_and_adds_the_noisy_labels(tmp_path, monkey
 def test_hub_revision_is_the_commit_folder_of_the_cache():
     from types import SimpleNamespace
 
-    from tcl_hf.repaired import hub_revision
+    from tcl_hf.repaired_dataset import hub_revision
 
     sha = "0b2714987fbbb3f4e2c8a2a4b5f1f0a4b0c3d2e1"
     hub = SimpleNamespace(cache_files=[{"filename": f"/c/uoft-cs___cifar10/plain_text/0.0.0/{sha}/cifar10-train.arrow"}])
