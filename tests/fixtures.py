@@ -1,4 +1,5 @@
-"""Builders of tiny on-disk datasets in the standard WebVision and Clothing1M layouts.
+"""The tests' common tiny training config, and builders of tiny on-disk datasets in the standard WebVision and
+Clothing1M layouts.
 
 Every image is one solid colour, recorded in the returned layout, so tests can check decoding
 against values chosen here rather than against the code under test. Each layout holds a grayscale,
@@ -14,6 +15,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# A training run small enough for a test: sklearn digits at 16 px, a mini PreAct ResNet, 40 % symmetric noise.
+TINY_DIGITS = ("data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
+               "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "eval.knn_k=10",
+               "log.progress=false")
+
+
+def tiny_digits(*changes: str) -> list[str]:
+    """``TINY_DIGITS`` with each ``key=value`` of ``changes`` in place of that key's entry (appended if new)."""
+    changed = {change.split("=", 1)[0] for change in changes}
+    return [*(o for o in TINY_DIGITS if o.split("=", 1)[0] not in changed), *changes]
+
 
 SIZES = ((40, 30), (30, 52), (64, 64), (23, 41), (90, 25))
 CLOTHING_NAMES = ("T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",

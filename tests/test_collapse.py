@@ -9,6 +9,7 @@ import signal
 
 import pytest
 import torch
+from fixtures import tiny_digits
 
 from tcl_hf import collapse
 from tcl_hf.collapse import (CollapseStop, HealthMonitor, agreement_above_chance, class_entropy, collapse_reasons,
@@ -254,9 +255,7 @@ def test_a_resumed_collapsed_run_stops_again_or_says_it_again():
 
 
 # ---- through a run (digits, CPU) ---------------------------------------------------------------------------
-TINY = ["data.format=digits", "data.limit=160", "data.image_size=16", "model.backbone=preact_resnet_mini",
-        "model.proj_dim=32", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=4",
-        "optim.warmup_epochs=auto", "eval.knn_k=20", "log.progress=false"]
+TINY = tiny_digits("data.limit=160", "model.proj_dim=32", "eval.knn_k=20", "train.epochs=4", "optim.warmup_epochs=auto")
 COMPARED = ("test_acc", "knn_acc", "noise_auc", "clean_ratio_est", "loss", "lr", "pred_entropy_ratio")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixtures import tiny_digits
 
 from tcl_hf.config import load_config
 from tcl_hf.data.sampler import stratified_subset
@@ -13,9 +14,7 @@ from tcl_hf.feed import keep_on_device
 from tcl_hf.rundir import read_metrics
 from tcl_hf.trainer import Trainer
 
-TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
-        "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "eval.knn_k=10",
-        "log.progress=false", "optim.warmup_epochs=1"]
+TINY = tiny_digits("optim.warmup_epochs=1")
 
 
 def trainer(tmp_path, *extra: str) -> Trainer:

@@ -21,6 +21,7 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from fixtures import tiny_digits
 
 from tcl_hf import cli, methods
 from tcl_hf.config import load_config, save_config
@@ -182,9 +183,7 @@ def test_ema_zero_teacher_is_the_current_network():
 
 
 # ---- refusals ----------------------------------------------------------------------------------------------------
-SMALL = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
-         "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "eval.knn_k=10",
-         "log.progress=false"]
+SMALL = tiny_digits()
 
 
 def test_init_from_is_required_and_only_for_tcl_plus(tmp_path, capsys):
@@ -301,9 +300,7 @@ def test_accept_failed_changes_no_run_and_old_runs_without_it_resume():
 
 
 # ---- a real chain ------------------------------------------------------------------------------------------------
-TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
-        "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "eval.knn_k=10",
-        "log.progress=false"]
+TINY = tiny_digits()
 # Two epochs of TCL on 96 images are too few for a healthy classifier (its verdict: collapsed), but enough for
 # the chain's mechanics, so TCL+ is told to accept it.
 PLUS = ["method=tcl_plus", "train.epochs=2", "plus.start_correction=1", "plus.ema=0.5", "optim.lr=0.05",

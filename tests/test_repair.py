@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import make_webvision
+from fixtures import make_webvision, tiny_digits
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
 from PIL import Image
@@ -439,10 +439,8 @@ def trained_run(tmp_path_factory):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
         run_dir = tmp_path_factory.mktemp("trained") / "run"
-        run_job(load_config(None, ["data.format=digits", "data.limit=64", "data.image_size=16",
-                                   "model.backbone=preact_resnet_mini", "model.proj_dim=16", "train.epochs=1",
-                                   "train.batch_size=16", "log.progress=false", "noise.type=sym", "noise.rate=0.4",
-                                   "eval.knn_k=5", f"output_dir={run_dir}"]))
+        run_job(load_config(None, tiny_digits("data.limit=64", "eval.knn_k=5", "train.epochs=1",
+                                                 f"output_dir={run_dir}")))
     return run_dir
 
 

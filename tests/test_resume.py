@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures import tiny_digits
 
 from tcl_hf.config import load_config
 from tcl_hf.rundir import checkpoint_dirs
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("test_acc", "knn_acc", "noise_auc", "label_acc", "clean_ratio_est", "loss", "loss_con", "noise_recall")
-TINY = ["data.format=digits", "data.limit=160", "data.image_size=16", "model.backbone=preact_resnet_mini",
-        "model.proj_dim=32", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=3",
-        "optim.warmup_epochs=1", "eval.knn_k=20", "log.progress=false"]
+TINY = tiny_digits("data.limit=160", "model.proj_dim=32", "eval.knn_k=20", "train.epochs=3", "optim.warmup_epochs=1")
 
 
 def _run(out: Path, *extra: str) -> dict:

@@ -9,14 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
+from fixtures import tiny_digits
 
 from tcl_hf import rundir
 from tcl_hf.config import load_config, save_config, to_dict
 from tcl_hf.errors import ConfigError, TCLError
 
-TINY = ["data.format=digits", "data.limit=48", "data.image_size=16", "model.backbone=preact_resnet_mini",
-        "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=1",
-        "optim.warmup_epochs=1", "eval.knn_k=5", "log.progress=false"]
+TINY = tiny_digits("data.limit=48", "eval.knn_k=5", "train.epochs=1", "optim.warmup_epochs=1")
 
 # A Hydra-style experiment folder: a config.yaml with method, data and model keys, and outputs under the same names
 # tcl_hf uses.

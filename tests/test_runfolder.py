@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures import tiny_digits
 
 from tcl_hf import rundir
 from tcl_hf.rundir import checkpoints as ckpt
@@ -29,9 +30,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
-        "model.proj_dim=16", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=2",
-        "optim.warmup_epochs=1", "eval.knn_k=10", "log.progress=false"]
+TINY = tiny_digits("train.epochs=2", "optim.warmup_epochs=1")
 
 
 def _train(out: Path, *extra: str) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import tiny_digits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,9 +21,7 @@ from tcl_hf.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-TINY = ["data.format=digits", "data.limit=96", "data.image_size=16", "model.backbone=preact_resnet_mini",
-        "model.proj_dim=32", "noise.type=sym", "noise.rate=0.4", "train.batch_size=16", "train.epochs=1",
-        "optim.warmup_epochs=1", "eval.knn_k=10", "log.progress=false"]
+TINY = tiny_digits("model.proj_dim=32", "train.epochs=1", "optim.warmup_epochs=1")
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

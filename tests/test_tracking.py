@@ -1,5 +1,6 @@
 """Tracking goes through accelerate's wandb tracker and works offline (WANDB_MODE=offline)."""
 import pytest
+from fixtures import tiny_digits
 from tcl_hf.config import load_config
 from tcl_hf.job import run_job
 
@@ -11,10 +12,8 @@ def test_wandb_offline_run_records_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    run_job(load_config(None, ["data.format=digits", "data.limit=64", "data.image_size=16",
-                               "model.backbone=preact_resnet_mini", "model.proj_dim=16", "noise.type=sym",
-                               "noise.rate=0.3", "train.batch_size=16", "train.epochs=1", "eval.knn_k=5",
-                               "log.with=wandb", "log.progress=false", f"output_dir={out}"]))
+    run_job(load_config(None, tiny_digits("data.limit=64", "noise.rate=0.3", "eval.knn_k=5", "train.epochs=1",
+                                             "log.with=wandb", f"output_dir={out}")))
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     # The run log stores history records as protobuf, whose keys are plain bytes.
