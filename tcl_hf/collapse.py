@@ -185,7 +185,7 @@ class HealthMonitor:
         self.cfg, self.method, self.state, self.num_classes, self.say = cfg, method, state, num_classes, say
         self.auto = cfg.optim.warmup_epochs == "auto"
         # Only TCL scales its targets by the clean-ratio estimate; the other methods' signals are logged only.
-        self.judged = cfg.method == "tcl"
+        self.judged = method.judged
 
     def after_epoch(self, epoch: int, record: dict, pred: torch.Tensor, given: torch.Tensor) -> str | None:
         """Adds the signals to ``record``; returns the collapse line the first time this run is judged collapsed."""
@@ -253,10 +253,10 @@ class HealthMonitor:
         verdict after the epochs done so far (``run_verdict``)."""
         warmup, st = self.cfg.optim.warmup_epochs, self.state
         first = st.tcl_from_epoch if warmup == "auto" else max(warmup, 1)
-        if self.cfg.method != "tcl" or (first is not None and first > self.cfg.train.epochs):
+        if not self.judged or (first is not None and first > self.cfg.train.epochs):
             first = None
         return {"tcl_from_epoch": first, "collapsed_epoch": st.collapsed_epoch,
-                "verdict": run_verdict(self.cfg.method, first, st.collapsed_epoch, st.epoch)}
+                "verdict": run_verdict(self.judged, first, st.collapsed_epoch, st.epoch)}
 
     def respond(self, line: str | None, checkpoint) -> None:
         """Print the collapse line; with ``train.on_collapse=stop`` end the run (the checkpoint is saved)."""

@@ -8,7 +8,7 @@ cross-entropy on relabelled samples with a teacher's predictions mixed into the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import copy
 
@@ -45,7 +45,19 @@ class StepInputs:
 
 class Method:
     """What every method shares: no extra state, the given labels are what the report calls predicted, warm-up as
-    the optimizer's warm-up epochs."""
+    the optimizer's warm-up epochs.
+
+    Its traits are class attributes, so the run can read them from ``method_class(cfg.method)`` before the model
+    and the method exist (the DDP wrapper, the start)."""
+
+    name: ClassVar[str]
+    # Its step leaves some parameters without gradients (the projector: only TCL trains it), so DDP must look for them.
+    unused_parameters: ClassVar[bool] = True
+    # A TCL phase after a warm-up, its targets scaled by the clean-ratio estimate: the health monitor decides the
+    # automatic switch and judges collapse, and the verdict can say it never left warm-up (tcl_hf/verdict.py).
+    judged: ClassVar[bool] = False
+    # It starts from a finished TCL run (init.from, tcl_hf/plus.py) rather than from a fresh network.
+    starts_from_run: ClassVar[bool] = False
 
     report_labels: torch.Tensor | None = None  # labels the detection metrics score (None: the model's predictions)
 
@@ -58,6 +70,10 @@ class Method:
         if self.warmup_epochs == "auto":
             return tcl_from_epoch is None or epoch < tcl_from_epoch
         return epoch < self.warmup_epochs
+
+    def lr(self, scheduled: float, peak: float) -> float:
+        """The lr of a step whose schedule says ``scheduled``; ``peak`` is the run's (scaled) lr."""
+        return scheduled
 
     def after_step(self, model: torch.nn.Module) -> None:
         """Called after each optimizer step."""
@@ -80,6 +96,8 @@ class Method:
 
 class TCL(Method):
     name = "tcl"
+    unused_parameters = False
+    judged = True
 
     def __init__(self, tcl_cfg, warmup_epochs: int | str, gather: Gather | None):
         super().__init__(warmup_epochs)
@@ -121,16 +139,18 @@ class CrossEntropy(Method):
         return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm, self.gmm_backend))
 
 
-class TCLPlus(CrossEntropy):
+class TCLPlus(Method):
     """Spec section 7: the weak view mixed up, trained towards the relabelled label, and after
     ``plus.start_correction`` epochs towards (1 - w) label + w teacher argmax; the teacher is an EMA copy of the
     network (``plus.ema`` 0: its current weights) that sees the un-mixed view with dropout off."""
 
     name = "tcl_plus"
+    starts_from_run = True
 
     def __init__(self, cfg, model: torch.nn.Module, relabelled: torch.Tensor):
-        super().__init__(cfg.tcl, 0)
+        super().__init__(0)
         self.plus, self.alpha, self.report_labels = cfg.plus, cfg.tcl.mixup_alpha, relabelled
+        self.per_class_gmm, self.gmm_backend = cfg.tcl.per_class_gmm, cfg.tcl.gmm_backend
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self._teach_mode()
 
@@ -161,6 +181,13 @@ class TCLPlus(CrossEntropy):
         loss = soft_cross_entropy(logits, lam * target + (1 - lam) * target[perm])
         return {"loss": loss, "loss_cls": loss}
 
+    def detect(self, z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> Detection:
+        # The baseline's detector: the GMM on -p(given label), here of the (relabelled) labels it trains towards.
+        return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm, self.gmm_backend))
+
+    def lr(self, scheduled: float, peak: float) -> float:
+        return peak if self.plus.constant_lr else scheduled  # the reference's second stage keeps its lr
+
     @torch.no_grad()
     def after_step(self, model: torch.nn.Module) -> None:
         # Parameters only, as the reference's momentum update: the teacher's BN statistics stay its own.
@@ -188,12 +215,21 @@ class TCLPlus(CrossEntropy):
         self.teacher.load_state_dict({k.removeprefix("teacher."): v for k, v in tensors.items()})
 
 
+METHODS: dict[str, type[Method]] = {kind.name: kind for kind in (TCL, CrossEntropy, TCLPlus)}
+
+
+def method_class(name: str) -> type[Method]:
+    """The class of ``method=name`` (a validated config's), whose traits the run reads before the method exists."""
+    return METHODS[name]
+
+
 def create_method(cfg: Config, gather: Gather | None, model: torch.nn.Module | None = None,
                   relabelled: torch.Tensor | None = None) -> Method:
     """The method of ``cfg.method``; ``gather`` joins every process's projections for the contrastive loss; TCL+
     needs the network (its teacher starts as a copy) and the relabelled training labels."""
-    if cfg.method == "tcl":
+    kind = method_class(cfg.method)
+    if kind is TCL:
         return TCL(cfg.tcl, cfg.optim.warmup_epochs, gather)
-    if cfg.method == "ce":
+    if kind is CrossEntropy:
         return CrossEntropy(cfg.tcl, cfg.optim.warmup_epochs)
     return TCLPlus(cfg, model, relabelled)

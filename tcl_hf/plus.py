@@ -12,6 +12,7 @@ import torch
 from . import rundir
 from .errors import TCLError
 from .hub import load_tcl_pretrained
+from .methods import TCL
 from .recipe import flatten
 from .state import RUN_STATE_JSON, RUN_STATE_TENSORS
 from .verdict import VERDICT_OK, summary_verdict
@@ -51,9 +52,9 @@ def start_from_tcl_run(run_dir: str | Path, config: dict, model: torch.nn.Module
     with rundir.shared_run_lock(run_dir, "init.from"):
         saved = flatten(rundir.read_saved_config(run_dir, "init.from"))
         ours = flatten(config)
-        if saved.get("method") != "tcl":
+        if saved.get("method") != TCL.name:
             raise TCLError(f"init.from: {run_dir} is a method={saved.get('method')} run; TCL+ starts from a finished "
-                           f"method=tcl run")
+                           f"method={TCL.name} run")
         differ = [k for k in sorted(set(saved) | set(ours))
                   if k.startswith(SHARED_KEYS) and saved.get(k) != ours.get(k)]
         if differ:

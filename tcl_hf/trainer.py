@@ -27,7 +27,7 @@ from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
 from .feed import Feed
 from .hub import check_push_token
-from .methods import StepInputs, create_method
+from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
 from .optim import auto_lr_at, build_optimizer, lr_at, scaled_lr
@@ -49,14 +49,14 @@ class Trainer:
         check_push_token(cfg.hub.repo_id)  # a push bound to fail should stop the run now, not after training
         cuda = torch.cuda.is_available()
         compile_model = cfg.train.compile if cfg.train.compile is not None else cuda
+        kind = method_class(cfg.method)  # its traits, read before the method (it needs the model) exists
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
             log_with="wandb" if cfg.log.with_ == "wandb" else None, project_dir=str(self.output_dir),
             dynamo_backend="inductor" if compile_model else "no",
             # Seeded shuffling, so a resumed epoch sees the same order as an uninterrupted one.
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-            # Only TCL trains the projector, so DDP must tolerate its unused weights otherwise.
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.method != "tcl")])
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind.unused_parameters)])
         check_launch(acc)
         # One run per folder: take the lock, then refuse a clash with another run before spending time
         # on data or models (nothing is removed before the new run is ready to train).
@@ -80,7 +80,7 @@ class Trainer:
         model = build_tcl_model(cfg.model, self.num_classes, sync_bn=cfg.train.sync_bn and acc.num_processes > 1
                                 and acc.device.type == "cuda")
         start = start_from_tcl_run(cfg.init.from_, to_dict(cfg), model, given, cfg.plus.threshold) if (
-            cfg.method == "tcl_plus") else None
+            kind.starts_from_run) else None
         if start is not None:
             acc.print(start.describe(len(given)))
         if acc.device.type == "cuda":
@@ -115,8 +115,7 @@ class Trainer:
             lr = auto_lr_at(epoch, self.peak_lr, cfg.train.epochs, o.min_lr_ratio, self.health.lr_switch())
         else:
             lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
-        if cfg.method == "tcl_plus" and cfg.plus.constant_lr:
-            lr = self.peak_lr  # the reference's second stage keeps its lr
+        lr = self.method.lr(lr, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -19,11 +19,12 @@ VERDICT_OK = "ok"
 NEVER_LEFT_WARMUP = "never left warm-up"
 
 
-def run_verdict(method: str, first_tcl_epoch: int | None, collapsed_epoch: int | None, epochs_done: int) -> str:
-    """The verdict of a run that trained ``epochs_done`` epochs (the rule above)."""
+def run_verdict(judged: bool, first_tcl_epoch: int | None, collapsed_epoch: int | None, epochs_done: int) -> str:
+    """The verdict of a run that trained ``epochs_done`` epochs (the rule above); ``judged``: its method has a TCL
+    phase (``tcl_hf.methods.Method.judged``)."""
     if collapsed_epoch is not None:
         return f"collapsed at epoch {collapsed_epoch}"
-    if method == "tcl" and (first_tcl_epoch is None or first_tcl_epoch > epochs_done):
+    if judged and (first_tcl_epoch is None or first_tcl_epoch > epochs_done):
         return NEVER_LEFT_WARMUP
     return VERDICT_OK
 

@@ -16,7 +16,7 @@ from tcl_hf.collapse import (CollapseStop, HealthMonitor, agreement_above_chance
                              knn_gap, max_warmup_epochs, prediction_entropy_ratio, warmup_finished)
 from tcl_hf.config import load_config
 from tcl_hf.errors import ConfigError
-from tcl_hf.methods import Method
+from tcl_hf.methods import create_method, method_class
 from tcl_hf.optim import auto_lr_at
 from tcl_hf.state import RunState
 from tcl_hf.verdict import run_verdict, summary_verdict, untrusted_outputs_line
@@ -128,7 +128,7 @@ def test_bad_values_name_key_and_what_is_allowed(override, allowed):
 def _monitor(*overrides):
     cfg = load_config(None, ["train.epochs=20", *overrides])  # an automatic warm-up is bounded at 10
     state, said = RunState(8, 4, 2), []
-    return HealthMonitor(cfg, Method(cfg.optim.warmup_epochs), state, 4, said.append), state, said
+    return HealthMonitor(cfg, create_method(cfg, None), state, 4, said.append), state, said
 
 
 GIVEN = T([0, 0, 1, 1, 2, 2, 3, 3])
@@ -210,13 +210,14 @@ def test_respond_warns_or_stops_with_the_line():
 
 # ---- the run's verdict --------------------------------------------------------------------------------------
 def test_verdict_rule_by_hand():
-    assert run_verdict("tcl", 3, None, 5) == "ok"
-    assert run_verdict("tcl", 5, None, 5) == "ok"                       # one TCL epoch, the last
-    assert run_verdict("tcl", 6, None, 5) == "never left warm-up"
-    assert run_verdict("tcl", None, None, 5) == "never left warm-up"   # auto warm-up never switched
-    assert run_verdict("tcl", 3, 4, 5) == "collapsed at epoch 4"
-    assert run_verdict("ce", None, None, 5) == "ok"
-    assert run_verdict("tcl_plus", None, None, 5) == "ok"
+    tcl = method_class("tcl").judged
+    assert run_verdict(tcl, 3, None, 5) == "ok"
+    assert run_verdict(tcl, 5, None, 5) == "ok"                       # one TCL epoch, the last
+    assert run_verdict(tcl, 6, None, 5) == "never left warm-up"
+    assert run_verdict(tcl, None, None, 5) == "never left warm-up"   # auto warm-up never switched
+    assert run_verdict(tcl, 3, 4, 5) == "collapsed at epoch 4"
+    assert run_verdict(method_class("ce").judged, None, None, 5) == "ok"
+    assert run_verdict(method_class("tcl_plus").judged, None, None, 5) == "ok"
     assert summary_verdict({"verdict": "collapsed at epoch 2"}) == "collapsed at epoch 2"
     assert summary_verdict({"test_acc": 0.5}) == "ok"                   # written before verdicts
     assert untrusted_outputs_line("ok") is None

@@ -141,3 +141,49 @@ def test_architectures_are_registered_whichever_is_imported_first(order):
     probe = f"{order}\nprint(all(timm.is_model(n) for n in ('tcl_classifier', 'preact_resnet18_cifar')))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "True", done.stderr[-2000:]
+
+
+# Where a method's name may be tested: its registry (create_method), the validation of what the user gives (the
+# config, and init.from's run, which must be a TCL run: plus.py). The model card still words and tags each saved
+# run's method by name (publishing's module, reworked separately).
+METHOD_NAME_TESTS_ALLOWED = {"methods.py", "config.py", "plus.py", "card.py"}
+
+
+def _names_the_method(node: ast.AST, names: set[str]) -> bool:
+    """``method``, ``x.method``, ``x.get("method"...)`` or a method's name (alone or in a tuple, list or set)."""
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_names_the_method(element, names) for element in node.elts)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+        return bool(node.args) and isinstance(node.args[0], ast.Constant) and node.args[0].value == "method"
+    return ((isinstance(node, ast.Constant) and node.value in names) or (isinstance(node, ast.Name) and node.id ==
+            "method") or (isinstance(node, ast.Attribute) and node.attr == "method"))
+
+
+def method_name_tests(source: str, names: set[str]) -> list[int]:
+    """Lines of ``source`` that compare the method (or anything) with a method's name."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+                   and any(_names_the_method(side, names) for side in (node.left, *node.comparators))})
+
+
+def _method_names() -> set[str]:
+    import typing
+
+    from tcl_hf.config import Config
+
+    return set(typing.get_args(typing.get_type_hints(Config)["method"]))
+
+
+def test_the_method_name_finder_finds_string_tests():
+    names = _method_names()
+    found = method_name_tests('a = cfg.method != "tcl"\nb = saved.get("method") == x\nc = m in ("ce", "tcl_plus")\n'
+                              'd = self.method.lr(1, 2)\ne = kind.judged == True\nf = config.get("method", "tcl")\n',
+                              names)
+    assert found == [1, 2, 3]
+
+
+def test_methods_are_told_apart_by_their_traits_not_their_names():
+    # A string test on the method elsewhere is a trait that belongs on the method classes (tcl_hf/methods.py).
+    names = _method_names()
+    found = {f"{path.relative_to(REPO)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name not in METHOD_NAME_TESTS_ALLOWED for line in method_name_tests(path.read_text(), names)}
+    assert not found, sorted(found)
