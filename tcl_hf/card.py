@@ -13,8 +13,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .detector import CLEAN_THRESHOLD
-from .hub import TCL_CONFIG, TCL_WEIGHTS
 from .models import ARCHITECTURE
+from .tcl_state import TCL_CONFIG, TCL_WEIGHTS
 from .verdict import summary_verdict, verdict_explained
 
 # How a card (model or repaired dataset) names the method that made it.
