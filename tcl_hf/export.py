@@ -109,8 +109,7 @@ def finished_run(run_dir: str | Path) -> RunResult:
     recipe = run_dir / CONFIG_FILE
     if not recipe.is_file():
         raise TCLError(f"{recipe} does not exist; RUN_DIR must be the output_dir of a tcl_hf run")
-    # hub.repo_id=null: a re-export pushes only with --push, so the saved run's repo needs no token check.
-    overrides = ["train.resume=true", "log.with=null", "log.progress=false", "hub.repo_id=null"]
+    overrides = ["train.resume=true", "log.with=null", "log.progress=false"]
     saved_dir = read_recipe(recipe).get("output_dir")
     if saved_dir is None or Path(saved_dir).resolve() != run_dir.resolve():
         # The run was moved or is named from elsewhere: point the trainer at where it is now.

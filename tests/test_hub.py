@@ -561,9 +561,8 @@ def test_token_check_is_skipped_offline_or_without_a_repo(monkeypatch, tmp_path)
     hub.check_push_token(None)
 
 
-@pytest.mark.slow
-def test_trainer_checks_the_token_before_any_work(online, monkeypatch, tmp_path):
-    from tcl_hf.trainer import Trainer
+def test_job_checks_the_token_before_any_work(online, monkeypatch, tmp_path):
+    from tcl_hf.job import run_job
 
     monkeypatch.setenv("HF_TOKEN", "hf_bad")
     online(http_error(401, "Invalid user token."))
@@ -571,8 +570,22 @@ def test_trainer_checks_the_token_before_any_work(online, monkeypatch, tmp_path)
     cfg = load_config(None, ["data.format=digits", "model.backbone=preact_resnet_mini", "hub.repo_id=me/tcl-run",
                              f"output_dir={out}"])
     with pytest.raises(TCLError, match="HTTP 401"):
-        Trainer(cfg)
+        run_job(cfg)
     assert not out.exists()  # refused before the run folder, the data or the model
+
+
+@pytest.mark.slow
+def test_the_trainer_itself_never_asks_the_hub(online, monkeypatch, tmp_path):
+    # The token check is the job's: a re-export or a test may build a trainer for a run with a repo id.
+    from tcl_hf.trainer import Trainer
+
+    monkeypatch.setenv("HF_TOKEN", "hf_bad")
+    calls = online(http_error(401, "Invalid user token."))
+    cfg = load_config(None, ["data.format=digits", "data.limit=64", "data.image_size=16",
+                             "model.backbone=preact_resnet_mini", "model.proj_dim=16", "train.batch_size=16",
+                             "log.progress=false", "hub.repo_id=me/tcl-run", f"output_dir={tmp_path / 'run'}"])
+    Trainer(cfg).close()
+    assert calls == []
 
 
 @pytest.mark.slow
