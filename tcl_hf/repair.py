@@ -104,12 +104,12 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
     """The card of a repaired dataset; ``config`` is the run's public configuration (tcl_hf.card.public_config)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from .card import _dataset, _fmt, _noise_text, _value
+    from .card import dataset_names, noise_description, shown_metrics
     from .detector import CLEAN_THRESHOLD
     from .repaired import REPAIR_TAG, hub_revision, label_accuracy
 
     data, method = config["data"], config.get("method", "tcl")
-    name, _, hub_id = _dataset(data)
+    name, _, hub_id = dataset_names(data)
     revision = hub_revision(split.source_rows) if hub_id else None
     card_data = DatasetCardData(
         pretty_name=f"{name} (labels repaired by TCL)", task_categories=["image-classification"],
@@ -117,12 +117,12 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
         tags=["noisy-labels", "label-correction", "tcl_hf", REPAIR_TAG])
     truth = split.clean[found.kept] if split.clean is not None else None
     given = split.given[found.kept]
-    shown = {key: _fmt(_value(summary, key)) for key in ("noise_rate", "noise_auc", "noise_precision", "noise_recall",
-                                                          "noise_acc", "label_acc", "test_acc")}
+    shown = shown_metrics(summary, ("noise_rate", "noise_auc", "noise_precision", "noise_recall", "noise_acc",
+                                    "label_acc", "test_acc"))
     return DatasetCard.from_template(
         card_data, template_path=str(TEMPLATE), dataset_name=name, source_text=_source_text(data, hub_id, revision,
                                                                                             name),
-        noise_text=_noise_text(config.get("noise", {})),
+        noise_text=noise_description(config.get("noise", {})),
         method_text=METHOD_TEXT[method],
         backbone=config["model"]["backbone"], epochs=summary.get("epochs_completed", "n/a"),
         threshold=CLEAN_THRESHOLD, given_column=split.given_column, drop_below=drop_below, **found.counts,
