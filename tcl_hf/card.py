@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .detector import CLEAN_THRESHOLD
+from . import detector
 from .models import ARCHITECTURE
 from .tcl_state import TCL_CONFIG, TCL_WEIGHTS
 from .verdict import summary_verdict, verdict_explained
@@ -130,5 +130,5 @@ def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
         noise_text=noise_description(run_config.get("noise", {})), architecture=ARCHITECTURE,
         epochs=metrics.get("epochs_completed", metrics.get("epoch", "n/a")),
         detection_measured=_value(metrics, "noise_auc") is not None or _value(metrics, "noise_precision") is not None,
-        threshold=CLEAN_THRESHOLD, load_ref=load_ref, tcl_weights=TCL_WEIGHTS, tcl_config=TCL_CONFIG,
+        threshold=detector.CLEAN_THRESHOLD, load_ref=load_ref, tcl_weights=TCL_WEIGHTS, tcl_config=TCL_CONFIG,
         recipe=yaml.safe_dump(run_config, sort_keys=False).rstrip(), **shown)
