@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .detector import CLEAN_THRESHOLD
-from .hub import TCL_CONFIG, TCL_WEIGHTS
+from . import detector
 from .models import ARCHITECTURE
+from .tcl_state import TCL_CONFIG, TCL_WEIGHTS
 from .verdict import summary_verdict, verdict_explained
 
 # How a card (model or repaired dataset) names the method that made it.
@@ -55,8 +55,9 @@ def public_config(run_config: dict) -> dict:
         data["path"] = f"./{Path(data['path']).name}"
     return public
 
-def _dataset(data: dict) -> tuple[str, str, str | None]:
-    """(display name, type for model-index, hub dataset id or None) of the run's training data."""
+def dataset_names(data: dict) -> tuple[str, str, str | None]:
+    """(display name, type for model-index, Hub dataset id or None) of the training data that a run's public
+    ``data`` section names; a local folder or file is named by its base name only."""
     if data.get("format") == "digits":
         return "scikit-learn digits", "digits", None
     if data.get("format") == "webvision":
@@ -69,7 +70,8 @@ def _dataset(data: dict) -> tuple[str, str, str | None]:
         return Path(path).name, Path(path).name, None
     return path, path, path
 
-def _noise_text(noise: dict) -> str:
+def noise_description(noise: dict) -> str:
+    """What labels a run trained on, from its ``noise`` section, as a phrase for a card ("40% symmetric ...")."""
     kind, rate = noise.get("type", "none"), noise.get("rate", 0.0)
     if kind == "sym":
         return f"{rate:.0%} symmetric synthetic label noise"
@@ -88,6 +90,10 @@ def _value(metrics: dict, key: str) -> float | None:
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
+def shown_metrics(metrics: dict, keys: tuple[str, ...]) -> dict[str, str]:
+    """Each of ``keys`` as a card shows it: the number from ``metrics`` to 4 decimals, or "n/a" when it has none."""
+    return {key: _fmt(_value(metrics, key)) for key in keys}
+
 # (metrics key, metric type on the Hub, name shown, split it was measured on)
 _CARD_METRICS = (
     ("test_acc", "accuracy", "Test accuracy", "test"),
@@ -102,7 +108,7 @@ def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
     """The card of a run whose (public) configuration is ``run_config`` and final numbers ``metrics``."""
     data, mdl = run_config.get("data", {}), run_config.get("model", {})
     backbone, method = mdl.get("backbone", "?"), run_config.get("method", "tcl")
-    name, dataset_type, dataset_id = _dataset(data)
+    name, dataset_type, dataset_id = dataset_names(data)
     splits = {"train": data.get("train_split", "train"), "test": data.get("test_split", "test")}
     results = [EvalResult(task_type="image-classification", dataset_type=dataset_type, dataset_name=name,
                           dataset_split=splits[split], metric_type=kind, metric_name=label, metric_value=value)
@@ -115,14 +121,14 @@ def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
         datasets=[dataset_id] if dataset_id else None,
         metrics=sorted({r.metric_type for r in results}) or None, eval_results=results or None,
     )
-    shown = {key: _fmt(_value(metrics, key)) for key in ("test_acc", "knn_acc", "noise_rate", "clean_ratio_est",
-                                                          "noise_auc", "noise_precision", "noise_recall", "noise_acc")}
+    shown = shown_metrics(metrics, ("test_acc", "knn_acc", "noise_rate", "clean_ratio_est", "noise_auc",
+                                    "noise_precision", "noise_recall", "noise_acc"))
     verdict = summary_verdict(metrics)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), backbone=backbone, dataset_name=name,
         method_text=METHOD_TEXT[method], verdict=verdict, verdict_explained=verdict_explained(verdict),
-        noise_text=_noise_text(run_config.get("noise", {})), architecture=ARCHITECTURE,
+        noise_text=noise_description(run_config.get("noise", {})), architecture=ARCHITECTURE,
         epochs=metrics.get("epochs_completed", metrics.get("epoch", "n/a")),
         detection_measured=_value(metrics, "noise_auc") is not None or _value(metrics, "noise_precision") is not None,
-        threshold=CLEAN_THRESHOLD, load_ref=load_ref, tcl_weights=TCL_WEIGHTS, tcl_config=TCL_CONFIG,
+        threshold=detector.CLEAN_THRESHOLD, load_ref=load_ref, tcl_weights=TCL_WEIGHTS, tcl_config=TCL_CONFIG,
         recipe=yaml.safe_dump(run_config, sort_keys=False).rstrip(), **shown)

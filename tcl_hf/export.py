@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from timm.models import save_for_hf
 
@@ -22,11 +21,12 @@ from .card import LOCAL_LOAD_REF, model_card, public_config
 from .data.contract import InputContract
 from .command import hub_repo_id, refuse_file_in_the_way, run_command
 from .errors import TCLError
-from .hub import PROTOTYPES_KEY, TCL_CONFIG, TCL_WEIGHTS, push_folder
+from .hub import push_folder
 from .models import TCLModel, classifier_from_tcl
 from .report import label_issues, make_plots, write_label_issues
 from .result import RunResult
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE
+from .tcl_state import save_tcl_state
 from .verdict import summary_verdict, untrusted_outputs_line
 
 
@@ -52,21 +52,6 @@ def export_classifier(model: TCLModel, out_dir: str | Path, *, backbone: str, la
                 data_config=contract.timm_data_config(in_chans))
     return Path(out_dir)
 
-def save_tcl_pretrained(model: TCLModel, prototypes: torch.Tensor, out_dir: str | Path, run_config: dict,
-                        class_names: list[str] | None = None) -> Path:
-    """Write the whole TCL module and its prototypes [C, d] (safetensors) with the config that rebuilds them."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mdl = run_config["model"]
-    model_args = {"backbone": mdl["backbone"], "num_classes": model.num_classes,
-                  "proj_dim": model.projector[3].out_features, "dropout": model.classifier[3].p}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors[PROTOTYPES_KEY] = prototypes.detach().cpu().float().contiguous()
-    safetensors.torch.save_file(tensors, out_dir / TCL_WEIGHTS, metadata={"format": "pt"})
-    config = {"model_args": model_args, "class_names": class_names, "run_config": run_config}
-    (out_dir / TCL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return out_dir
-
 def export_hub_folder(model: TCLModel, prototypes: torch.Tensor, out_dir: str | Path, *, run_config: dict,
                       metrics: dict, label_names: list[str], contract: InputContract,
                       repo_id: str | None = None) -> Path:
@@ -79,7 +64,7 @@ def export_hub_folder(model: TCLModel, prototypes: torch.Tensor, out_dir: str | 
     run_config = public_config(run_config)
     export_classifier(model, out_dir, backbone=run_config["model"]["backbone"], label_names=label_names,
                       contract=contract)
-    save_tcl_pretrained(model, prototypes, out_dir, run_config, class_names=list(label_names))
+    save_tcl_state(model, prototypes, out_dir, run_config, class_names=list(label_names))
     load_ref = f"hf-hub:{repo_id}" if repo_id else LOCAL_LOAD_REF
     model_card(run_config, metrics, load_ref=load_ref).save(out_dir / "README.md")
     return out_dir
@@ -124,8 +109,7 @@ def finished_run(run_dir: str | Path) -> RunResult:
     recipe = run_dir / CONFIG_FILE
     if not recipe.is_file():
         raise TCLError(f"{recipe} does not exist; RUN_DIR must be the output_dir of a tcl_hf run")
-    # hub.repo_id=null: a re-export pushes only with --push, so the saved run's repo needs no token check.
-    overrides = ["train.resume=true", "log.with=null", "log.progress=false", "hub.repo_id=null"]
+    overrides = ["train.resume=true", "log.with=null", "log.progress=false"]
     saved_dir = read_recipe(recipe).get("output_dir")
     if saved_dir is None or Path(saved_dir).resolve() != run_dir.resolve():
         # The run was moved or is named from elsewhere: point the trainer at where it is now.

@@ -1,27 +1,17 @@
 """The Hugging Face Hub side of publishing: the push of an exported folder, the early token check, and
-loading a published TCL state back; the names of the files a published folder holds.
+loading a published TCL state back from a Hub repo.
 
 Every failure is one ``TCLError`` line naming the repo and what to do; nothing local is touched.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import NamedTuple
 
-import safetensors.torch
-import torch
 from huggingface_hub import HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from .errors import TCLError
-from .models import TCLModel
-
-TCL_WEIGHTS = "tcl_model.safetensors"   # the whole TCL module plus prototypes, for continued training
-
-TCL_CONFIG = "tcl_config.json"
-
-PROTOTYPES_KEY = "prototypes"           # no dot, so it cannot clash with a module's state-dict key
+from .tcl_state import TCL_CONFIG, TCL_WEIGHTS, TCLPretrained, load_tcl_state, read_tcl_files
 
 # The HTTP client's own base error (refused connection, DNS, timeout) is HfHubHTTPError's parent,
 # whichever client this huggingface_hub version is built on.
@@ -91,34 +81,16 @@ def check_push_token(repo_id: str | None) -> None:
                        f"access, {instead}")
 
 # ---- full TCL state for continued training -----------------------------------------------------------------
-class TCLPretrained(NamedTuple):
-    model: TCLModel
-    prototypes: torch.Tensor
-    config: dict
-
-def _tcl_files(source: str, revision: str | None) -> tuple[Path, Path]:
-    """Local paths of the two TCL state files: from a folder, or downloaded from a Hub repo."""
-    folder = Path(source)
-    if folder.is_dir():
-        paths = folder / TCL_WEIGHTS, folder / TCL_CONFIG
-        missing = [p.name for p in paths if not p.is_file()]
-        if missing:
-            raise TCLError(f"{folder}: no TCL state here (missing {', '.join(missing)}); "
-                           "point at a run's hub/ folder or a Hub repo made by tcl_hf")
-        return paths
+def load_tcl_pretrained(source: str | Path, revision: str | None = None) -> TCLPretrained:
+    """(TCLModel, prototypes, config) from a run's hub/ folder or a Hub repo id (``hf-hub:`` optional) that holds
+    the full TCL state (tcl_hf/tcl_state.py)."""
+    source = str(source)
+    if Path(source).is_dir():
+        return load_tcl_state(source)
     repo_id = source.removeprefix("hf-hub:")
     try:
-        return tuple(Path(hf_hub_download(repo_id, name, revision=revision)) for name in (TCL_WEIGHTS, TCL_CONFIG))
+        paths = [Path(hf_hub_download(repo_id, name, revision=revision)) for name in (TCL_WEIGHTS, TCL_CONFIG)]
     except (HfHubHTTPError, _CLIENT_ERROR, OSError, ValueError) as exc:
         raise TCLError(f"cannot load TCL state from {source!r}: not a local folder, and the Hub download failed "
                        f"({_reason(exc)})") from None
-
-def load_tcl_pretrained(source: str | Path, revision: str | None = None) -> TCLPretrained:
-    """(TCLModel, prototypes, config) from a folder written by ``save_tcl_pretrained`` or a Hub repo id."""
-    weights_path, config_path = _tcl_files(str(source), revision)
-    config = json.loads(config_path.read_text())
-    model = TCLModel(**config["model_args"], pretrained=False)
-    tensors = safetensors.torch.load_file(str(weights_path))
-    prototypes = tensors.pop(PROTOTYPES_KEY)
-    model.load_state_dict(tensors)
-    return TCLPretrained(model, prototypes, config)
+    return read_tcl_files(*paths)

@@ -1,9 +1,10 @@
-"""A whole job, as ``train.py`` runs it: train, publish the finished run, then push it when asked."""
+"""A whole job, as ``train.py`` runs it: check the push token, train, publish the finished run, then push it when
+asked."""
 from __future__ import annotations
 
 from .config import Config
 from .export import publish_run
-from .hub import push_folder
+from .hub import check_push_token, push_folder
 from .trainer import Trainer
 from .verdict import summary_verdict, untrusted_outputs_line
 
@@ -14,6 +15,7 @@ def run_job(cfg: Config, keep_process_group: bool = False) -> dict:
     The push comes after every local output is written, so a failed push loses nothing. ``keep_process_group``:
     the next job in this process reuses the distributed process group (tcl_hf.sweep).
     """
+    check_push_token(cfg.hub.repo_id)  # a push bound to fail should stop the job now, not after training
     trainer = Trainer(cfg, keep_process_group=keep_process_group)
     summary = trainer.train()
     acc, published = trainer.accelerator, None

@@ -11,10 +11,10 @@ import torch
 
 from . import rundir
 from .errors import TCLError
-from .hub import load_tcl_pretrained
 from .methods import TCL
 from .recipe import flatten
 from .state import RUN_STATE_JSON, RUN_STATE_TENSORS
+from .tcl_state import load_tcl_state
 from .verdict import VERDICT_OK, summary_verdict
 
 # What the TCL run and the TCL+ run must share: the same training rows and given labels (the seed draws the
@@ -62,7 +62,7 @@ def start_from_tcl_run(run_dir: str | Path, config: dict, model: torch.nn.Module
             raise TCLError(f"init.from: {run_dir} trained on other data or another network ({shown}); give TCL+ the "
                            f"TCL run's data, noise and model keys")
         checkpoint, verdict = _finished_point(run_dir, bool(ours.get("init.accept_failed")))
-        pretrained = load_tcl_pretrained(run_dir / rundir.HUB_DIR)
+        pretrained = load_tcl_state(run_dir / rundir.HUB_DIR)
         assignments = safetensors.torch.load_file(str(checkpoint / RUN_STATE_TENSORS))["assignments"]
     model.load_state_dict(pretrained.model.state_dict())
     if assignments.shape != (len(given), model.num_classes):

@@ -4,11 +4,12 @@ dataset card) with the original columns, the detector's verdict and the correcte
     python -m tcl_hf.repair RUN_DIR [--out DIR] [--push user/name] [--private] [--drop-below P] [--accept-failed]
 
 ``tcl_label`` is the model's prediction where the detector calls the given label noisy (``is_noisy``:
-``clean_prob`` < 0.5), else the given label. ``--drop-below P`` leaves out the samples whose ``clean_prob``
-is below P; samples the run could not read (no row in ``label_issues.csv``) are left out and counted. The
-folder (default ``RUN_DIR/repaired``) appears whole or not at all; the push comes after it is written. A run whose
-summary.json verdict says it failed (tcl_hf/verdict.py) is refused unless ``--accept-failed``; such a repair, and one
-whose labels came out less accurate than the given ones (true labels known), says so on the console and in the card.
+``clean_prob`` < ``detector.CLEAN_THRESHOLD``), else the given label. ``--drop-below P`` leaves out the samples
+whose ``clean_prob`` is below P; samples the run could not read (no row in ``label_issues.csv``) are left out and
+counted. The folder (default ``RUN_DIR/repaired``) appears whole or not at all; the push comes after it is
+written. A run whose summary.json verdict says it failed (tcl_hf/verdict.py) is refused unless ``--accept-failed``;
+such a repair, and one whose labels came out less accurate than the given ones (true labels known), says so on the
+console and in the card.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def _source_text(data: dict, hub_id: str | None, revision: str | None, name: str
     return source + split
 
 
-def _columns_text(split, config: dict) -> str:
+def _columns_text(split, config: dict, threshold: float) -> str:
     from .repaired_dataset import CLEAN_LABEL, GIVEN_LABEL
 
     added = set(split.added)
@@ -96,7 +97,7 @@ def _columns_text(split, config: dict) -> str:
             lines.append(f"- `{CLEAN_LABEL}`: the true label (the source's own, before the run's synthetic noise)")
     lines += ["- `tcl_label`: the corrected label (see above)",
               "- `clean_prob`: the detector's probability that the given label is clean",
-              "- `is_noisy`: `clean_prob` < 0.5, the detector's verdict"]
+              f"- `is_noisy`: `clean_prob` < {threshold}, the detector's verdict"]
     return "\n".join(lines)
 
 
@@ -104,12 +105,12 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
     """The card of a repaired dataset; ``config`` is the run's public configuration (tcl_hf.card.public_config)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from .card import _dataset, _fmt, _noise_text, _value
+    from .card import dataset_names, noise_description, shown_metrics
     from .detector import CLEAN_THRESHOLD
     from .repaired_dataset import REPAIR_TAG, hub_revision, label_accuracy
 
     data, method = config["data"], config.get("method", "tcl")
-    name, _, hub_id = _dataset(data)
+    name, _, hub_id = dataset_names(data)
     revision = hub_revision(split.source_rows) if hub_id else None
     card_data = DatasetCardData(
         pretty_name=f"{name} (labels repaired by TCL)", task_categories=["image-classification"],
@@ -117,16 +118,16 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
         tags=["noisy-labels", "label-correction", "tcl_hf", REPAIR_TAG])
     truth = split.clean[found.kept] if split.clean is not None else None
     given = split.given[found.kept]
-    shown = {key: _fmt(_value(summary, key)) for key in ("noise_rate", "noise_auc", "noise_precision", "noise_recall",
-                                                          "noise_acc", "label_acc", "test_acc")}
+    shown = shown_metrics(summary, ("noise_rate", "noise_auc", "noise_precision", "noise_recall", "noise_acc",
+                                    "label_acc", "test_acc"))
     return DatasetCard.from_template(
         card_data, template_path=str(TEMPLATE), dataset_name=name, source_text=_source_text(data, hub_id, revision,
                                                                                             name),
-        noise_text=_noise_text(config.get("noise", {})),
+        noise_text=noise_description(config.get("noise", {})),
         method_text=METHOD_TEXT[method],
         backbone=config["model"]["backbone"], epochs=summary.get("epochs_completed", "n/a"),
         threshold=CLEAN_THRESHOLD, given_column=split.given_column, drop_below=drop_below, **found.counts,
-        columns_text=_columns_text(split, config), detection_measured=truth is not None,
+        columns_text=_columns_text(split, config, CLEAN_THRESHOLD), detection_measured=truth is not None,
         truth_text="synthetic noise on known labels" if config["noise"].get("type") != "none" else "a clean column",
         given_correct=label_accuracy(given, truth) if truth is not None else "n/a",
         tcl_correct=label_accuracy(found.tcl_label, truth) if truth is not None else "n/a",

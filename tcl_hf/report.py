@@ -13,9 +13,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from . import detector
 from .errors import TCLError
 from .rundir import LABEL_ISSUES_FILE, PLOTS_DIR, read_metrics
-NOISY_BELOW = 0.5  # the trainer's rule: a label is called noisy when its clean probability is below this
 
 
 def _names_are_informative(class_names: list[str] | None) -> bool:
@@ -27,15 +27,15 @@ def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarra
     """One row per training sample, sorted by ``clean_prob`` ascending (ties by index).
 
     Columns: index (row of the training split), given_label, predicted_label, clean_prob, is_noisy
-    (clean_prob < 0.5), clean_label when known, and given_name/predicted_name/clean_name when the
-    dataset names its classes.
+    (clean_prob < ``detector.CLEAN_THRESHOLD``), clean_label when known, and given_name/predicted_name/clean_name
+    when the dataset names its classes.
     """
     given, predicted = np.asarray(given, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
     clean_prob = np.asarray(clean_prob, dtype=np.float64)
     if not (len(given) == len(predicted) == len(clean_prob)) or (clean is not None and len(clean) != len(given)):
         raise ValueError("given, predicted, clean_prob (and clean) must have one entry per training sample")
     table = {"index": np.arange(len(given)), "given_label": given, "predicted_label": predicted,
-             "clean_prob": clean_prob, "is_noisy": clean_prob < NOISY_BELOW}
+             "clean_prob": clean_prob, "is_noisy": clean_prob < detector.CLEAN_THRESHOLD}
     label_columns = ["given", "predicted"]
     if clean is not None:
         table["clean_label"] = np.asarray(clean, dtype=np.int64)
@@ -81,7 +81,7 @@ def _plot_clean_prob(path: Path, groups: dict[str, np.ndarray], split_by_truth: 
     for name, values in groups.items():
         ax.hist(values, bins=bins, histtype="step" if not split_by_truth else "stepfilled",
                 alpha=0.5 if split_by_truth else 1.0, label=f"{name} ({len(values)})")
-    ax.axvline(NOISY_BELOW, color="black", linestyle="--", linewidth=1, label="noisy below")
+    ax.axvline(detector.CLEAN_THRESHOLD, color="black", linestyle="--", linewidth=1, label="noisy below")
     ax.set_xlabel("clean probability of the given label")
     ax.set_ylabel("training samples")
     ax.set_title("Noise detection: clean probability" + (" by true label status" if split_by_truth

@@ -26,7 +26,6 @@ from .errors import StopRequested, TCLError
 from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
 from .feed import Feed
-from .hub import check_push_token
 from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
@@ -46,7 +45,6 @@ class Trainer:
         # store would read the old group's rendezvous keys, so the sweep keeps one group for all its runs.
         self.keep_process_group = keep_process_group
         self.output_dir = Path(cfg.output_dir)
-        check_push_token(cfg.hub.repo_id)  # a push bound to fail should stop the run now, not after training
         cuda = torch.cuda.is_available()
         compile_model = cfg.train.compile if cfg.train.compile is not None else cuda
         kind = method_class(cfg.method)  # its traits, read before the method (it needs the model) exists

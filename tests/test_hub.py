@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
 from sklearn.metrics import roc_auc_score
 
-from tcl_hf import export, hub
+from tcl_hf import export, hub, tcl_state
 from tcl_hf.card import LOCAL_LOAD_REF, model_card, public_config
 from tcl_hf.config import Config, load_config, to_dict
 from tcl_hf.data.contract import InputContract
@@ -24,7 +24,7 @@ from tcl_hf.errors import TCLError
 from tcl_hf.models import TCLModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HUB_FILES = {"model.safetensors", "config.json", "README.md", hub.TCL_WEIGHTS, hub.TCL_CONFIG}
+HUB_FILES = {"model.safetensors", "config.json", "README.md", tcl_state.TCL_WEIGHTS, tcl_state.TCL_CONFIG}
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +125,7 @@ def test_full_state_round_trip(tmp_path):
     model = trained_like("preact_resnet_mini", num_classes=3)
     prototypes = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     cfg = run_config(model__backbone="preact_resnet_mini", model__proj_dim=8)
-    export.save_tcl_pretrained(model, prototypes, tmp_path, cfg, class_names=["a", "b", "c"])
+    tcl_state.save_tcl_state(model, prototypes, tmp_path, cfg, class_names=["a", "b", "c"])
     loaded, loaded_prototypes, config = hub.load_tcl_pretrained(tmp_path)
     assert set(loaded.state_dict()) == set(model.state_dict())
     for key, value in model.state_dict().items():
@@ -140,7 +140,7 @@ def test_full_state_round_trip(tmp_path):
 
 def test_full_state_from_a_hub_repo_downloads_the_two_files(tmp_path, monkeypatch):
     model = trained_like("preact_resnet_mini", num_classes=3)
-    export.save_tcl_pretrained(model, torch.zeros(3, 8), tmp_path, run_config(model__backbone="preact_resnet_mini"))
+    tcl_state.save_tcl_state(model, torch.zeros(3, 8), tmp_path, run_config(model__backbone="preact_resnet_mini"))
     calls = []
 
     def fake_download(repo_id, filename, revision=None):
@@ -149,7 +149,8 @@ def test_full_state_from_a_hub_repo_downloads_the_two_files(tmp_path, monkeypatc
 
     monkeypatch.setattr(hub, "hf_hub_download", fake_download)
     loaded = hub.load_tcl_pretrained("hf-hub:user/tcl-run", revision="v1")
-    assert sorted(calls) == sorted([("user/tcl-run", hub.TCL_WEIGHTS, "v1"), ("user/tcl-run", hub.TCL_CONFIG, "v1")])
+    files = (tcl_state.TCL_WEIGHTS, tcl_state.TCL_CONFIG)
+    assert sorted(calls) == sorted(("user/tcl-run", name, "v1") for name in files)
     assert torch.equal(loaded.model.classifier[4].weight, model.classifier[4].weight)
 
 
@@ -468,7 +469,7 @@ def test_export_carries_no_local_path(tmp_path):
                                 label_names=["a", "b", "c"], contract=SMALL)
     assert files_containing(out, str(tmp_path)) == []
     assert files_containing(out, "alice") == []
-    published = json.loads((out / hub.TCL_CONFIG).read_text())["run_config"]
+    published = json.loads((out / tcl_state.TCL_CONFIG).read_text())["run_config"]
     assert published["output_dir"] == "food" and published["data"]["path"] == "./food"
     assert published["noise"]["file"] == "labels.npy" and published["model"]["pretrained_file"] == "resnet.safetensors"
     assert (published["data"]["root"], published["data"]["imagenet_val"]) == ("webvision", "ilsvrc_val")
@@ -560,9 +561,8 @@ def test_token_check_is_skipped_offline_or_without_a_repo(monkeypatch, tmp_path)
     hub.check_push_token(None)
 
 
-@pytest.mark.slow
-def test_trainer_checks_the_token_before_any_work(online, monkeypatch, tmp_path):
-    from tcl_hf.trainer import Trainer
+def test_job_checks_the_token_before_any_work(online, monkeypatch, tmp_path):
+    from tcl_hf.job import run_job
 
     monkeypatch.setenv("HF_TOKEN", "hf_bad")
     online(http_error(401, "Invalid user token."))
@@ -570,8 +570,22 @@ def test_trainer_checks_the_token_before_any_work(online, monkeypatch, tmp_path)
     cfg = load_config(None, ["data.format=digits", "model.backbone=preact_resnet_mini", "hub.repo_id=me/tcl-run",
                              f"output_dir={out}"])
     with pytest.raises(TCLError, match="HTTP 401"):
-        Trainer(cfg)
+        run_job(cfg)
     assert not out.exists()  # refused before the run folder, the data or the model
+
+
+@pytest.mark.slow
+def test_the_trainer_itself_never_asks_the_hub(online, monkeypatch, tmp_path):
+    # The token check is the job's: a re-export or a test may build a trainer for a run with a repo id.
+    from tcl_hf.trainer import Trainer
+
+    monkeypatch.setenv("HF_TOKEN", "hf_bad")
+    calls = online(http_error(401, "Invalid user token."))
+    cfg = load_config(None, ["data.format=digits", "data.limit=64", "data.image_size=16",
+                             "model.backbone=preact_resnet_mini", "model.proj_dim=16", "train.batch_size=16",
+                             "log.progress=false", "hub.repo_id=me/tcl-run", f"output_dir={tmp_path / 'run'}"])
+    Trainer(cfg).close()
+    assert calls == []
 
 
 @pytest.mark.slow

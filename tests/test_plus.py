@@ -229,13 +229,13 @@ def test_start_refuses_unfinished_other_method_and_other_data(tmp_path):
 def _finished_fake_run(folder: Path, finished_at: int, steps: tuple[int, ...], verdict: str = "ok") -> Path:
     """A made-up finished TCL run: config, summary.json (``finished_at``, ``verdict``), hub/ and an intact checkpoint
     per step in ``steps`` (assignments all on class 0 with 0.9, so every sample relabels to 0)."""
-    from tcl_hf.export import save_tcl_pretrained
     from tcl_hf.rundir import write_checkpoint
     from tcl_hf.state import RunState
+    from tcl_hf.tcl_state import save_tcl_state
 
     _fake_run(folder)
-    save_tcl_pretrained(TCLModel("preact_resnet_mini", 10, 16), torch.zeros(10, 16), folder / "hub",
-                        {"model": {"backbone": "preact_resnet_mini"}})
+    save_tcl_state(TCLModel("preact_resnet_mini", 10, 16), torch.zeros(10, 16), folder / "hub",
+                   {"model": {"backbone": "preact_resnet_mini"}})
     for step in steps:
         state = RunState(96, 10, 16)
         state.step, state.assignments[:, 0] = step, 0.9

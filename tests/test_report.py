@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,36 @@ def noisy_run(n: int = 60, classes: int = 3, seed: int = 0):
     predicted = np.where(rng.random(n) < 0.8, clean, given)
     clean_prob = np.clip(np.where(flip, 0.3, 0.7) + rng.normal(0, 0.25, n), 0, 1)
     return given, predicted, clean_prob, clean
+
+
+def test_one_noisy_threshold_moves_the_report_the_repair_and_both_cards(monkeypatch):
+    """detector.CLEAN_THRESHOLD is the one threshold for "noisy": moved, the report's is_noisy, the repair's
+    relabelling and the model and dataset cards all follow it; a second threshold anywhere would stay behind."""
+    from tcl_hf import detector
+    from tcl_hf.card import model_card, public_config
+    from tcl_hf.config import load_config, to_dict
+    from tcl_hf.repair import dataset_card
+    from tcl_hf.repaired_dataset import TrainingSplit, verdicts
+
+    monkeypatch.setattr(detector, "CLEAN_THRESHOLD", 0.3)
+    given, predicted, clean = np.array([0, 1, 2, 0]), np.array([1, 2, 2, 1]), np.array([1, 1, 2, 0])
+    clean_prob = np.array([0.2, 0.4, 0.9, 0.35])
+    issues = report.label_issues(given, predicted, clean_prob, clean)
+    assert dict(zip(issues["index"], issues["is_noisy"])) == {0: True, 1: False, 2: False, 3: False}
+    found = verdicts(issues, given, 0.0, Path("label_issues.csv"))
+    assert found.tcl_label.tolist() == [1, 1, 2, 0]  # only the sample below 0.3 takes the prediction
+
+    config = public_config(to_dict(load_config(None, ["data.format=digits", "noise.type=sym", "noise.rate=0.4"])))
+    summary = {"test_acc": 0.91, "noise_rate": 0.4, "noise_auc": 0.83, "noise_precision": 0.77, "epochs_completed": 3}
+    split = TrainingSplit(rows=None, given=given, clean=clean, added={}, given_column="label", label_feature=None)
+    cards = {"model": (model_card(config, summary, load_ref="me/model").text, ["below 0.3"]),
+             "dataset": (dataset_card(config, summary, split, found, 0.0, "me/data", []).text,
+                         ["below 0.3 (`is_noisy`)", "`clean_prob` < 0.3, the detector's verdict",
+                          'row["clean_prob"] >= 0.3'])}
+    for kind, (text, says) in cards.items():
+        body = text.split("```yaml")[0]  # the recipe block below lists the run's own keys, some of them 0.5
+        assert all(phrase in body for phrase in says), kind
+        assert "0.5" not in body, kind
 
 
 def test_columns_order_and_noisy_flag():
