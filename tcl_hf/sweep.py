@@ -139,15 +139,15 @@ def _end_process_group() -> None:
 
 
 def run_all(runs: list[PlannedRun], say=print) -> None:
-    """Run every planned run not yet finished. Every process takes the same decisions: they depend only on files
-    that no run writes before all processes are inside its trainer (whose first step is a collective)."""
+    """Run every planned run not yet finished (the finished ones were checked to be the runs asked for, before the
+    sweep began). Every process takes the same decisions: they depend only on files that no run writes before all
+    processes are inside its trainer (whose first step is a collective)."""
     from .config import load_config
 
     for number, run in enumerate(runs, start=1):
         state = run_state(run.folder)
         say(f"[{number}/{len(runs)}] {run.name}: {state} ({run.folder})")
         if state == FINISHED:
-            _check_finished(run)
             continue
         extra = ["train.resume=true"] if state == HALF_FINISHED else []
         from .job import run_job  # only when something trains: a finished sweep only tabulates

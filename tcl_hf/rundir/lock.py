@@ -60,8 +60,7 @@ class RunLock:
                 fd = open_for_writing(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 holder = path.read_text(errors="replace").strip()
-                host, _, pid = holder.partition(" pid ")
-                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                if _died_here(holder):
                     path.unlink(missing_ok=True)  # left by a run that died on this machine
                     continue
                 raise TCLError(f"output_dir: {self.path.parent} is in use by another tcl_hf run ({holder}); "
@@ -128,7 +127,7 @@ def shared_run_lock(output_dir: Path, key: str) -> Iterator[None]:
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
-            _refuse_live_pid_file(path.with_suffix(".pid"), key)
+            _refuse_live_pid_file(path.with_name(LOCK_PID_FILE), key)
         yield
     finally:
         os.close(fd)  # drops the shared lock
@@ -139,11 +138,15 @@ def _refuse_live_pid_file(pid_file: Path, key: str) -> None:
         holder = pid_file.read_text(errors="replace").strip()
     except FileNotFoundError:
         return
-    host, _, pid = holder.partition(" pid ")
-    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+    if _died_here(holder):
         return  # left by a run that died on this machine
     raise TCLError(f"{key}: {pid_file.parent} is in use by a tcl_hf run ({holder}), which is still training it; "
                    f"wait for it to finish")
+
+def _died_here(holder: str) -> bool:
+    """Whether a pid file's holder (``_holder_text``) is a process of this machine that no longer runs."""
+    host, _, pid = holder.partition(" pid ")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
 
 def _holder_text() -> str:
     return f"{socket.gethostname()} pid {os.getpid()}"
