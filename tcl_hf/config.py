@@ -271,11 +271,9 @@ def validate(cfg: Config) -> None:
     if cfg.noise.type == "cifarn" and not cfg.noise.label_set:
         raise ConfigError("noise.label_set: required when noise.type=cifarn "
                           "(aggre, worse, random1, random2, random3 for CIFAR-10N; noisy for CIFAR-100N)")
-    if cfg.data.format in ("webvision", "clothing1m"):
-        if not cfg.data.root:
-            raise ConfigError(f"data.root: required when data.format={cfg.data.format} (the dataset's top folder)")
-        if not Path(cfg.data.root).is_dir():
-            raise ConfigError(f"data.root: {cfg.data.root!r} is not a folder")
+    from .data.registry import get_source  # the sources load numpy and PIL, which `import tcl_hf` does without
+
+    get_source(cfg.data.format).check(cfg.data)
     if cfg.data.imagenet_val and not Path(cfg.data.imagenet_val).is_dir():
         raise ConfigError(f"data.imagenet_val: {cfg.data.imagenet_val!r} is not a folder")
     if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError
-from .contract import InputContract
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset, Sampler
+
+    from .contract import InputContract
 
 @dataclass
 class DataBundle:

@@ -2,6 +2,7 @@
 quickstart's digits; small sets are decoded into memory once per machine, larger ones in loader workers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,15 +11,13 @@ from PIL import Image
 
 from ..errors import DataError
 from .bundle import DataBundle, check_class_count, check_every_class_trained
-from .contract import InputContract
-from .decoded import decode_split
-from .images import HFImages, TensorImages, channel_stats
-from .sampler import stratified_sample
+from .registry import Source, register_source
 
 if TYPE_CHECKING:
     import datasets
 
     from ..config import DataConfig
+    from .contract import InputContract
 
 # Up to this many bytes of decoded images are kept in memory; larger sets decode in loader workers.
 IN_MEMORY_BYTES = 4 * 2**30
@@ -89,13 +88,19 @@ def digits_dataset_dict(seed: int = 0) -> datasets.DatasetDict:
                                      "label": digits.target.tolist()}, features=features)
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
-def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> DataBundle:
+def is_local_path(value: str) -> bool:
+    """A path on this machine rather than a Hub id (``namespace/name`` never starts with / . or ~)."""
+    return os.path.isabs(value) or value.startswith((".", "~")) or Path(value).exists()
+
+def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int, dsd: datasets.DatasetDict) -> DataBundle:
+    """The splits of ``dsd`` that ``data_cfg`` names, as a ``DataBundle``."""
     import datasets
 
-    if data_cfg.format == "digits":
-        dsd = digits_dataset_dict()
-    else:
-        dsd = _load_dataset_dict(data_cfg.path)
+    # The decoders and samplers pull in torch; the registry's sources stay light until data is read.
+    from ..feeding.sampler import stratified_sample
+    from .decoded import decode_split
+    from .images import HFImages, TensorImages, channel_stats
+
     train = _split(dsd, data_cfg.train_split, "data.train_split")
     test = _split(dsd, data_cfg.test_split, "data.test_split")
     image_col = _pick_column(train.features, data_cfg.image_column, "image", "data.image_column")
@@ -154,3 +159,43 @@ def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> Dat
         num_classes=num_classes, class_names=class_names,
         contract=contract, full_train_size=full_train_size, train_indices=train_indices, train_rows=train,
     )
+
+
+@register_source("hf")
+class HFSource(Source):
+    is_hf_dataset = True
+    # The TCL paper's Table 2 (CIFAR-10/100 through their Hub datasets), by recipe stem.
+    paper_test_acc = {
+        "cifar10_sym20": 95.0, "cifar10_sym50": 93.9, "cifar10_sym80": 92.5, "cifar10_sym90": 89.4,
+        "cifar10_asym40": 92.6,
+        "cifar100_sym20": 78.0, "cifar100_sym50": 73.3, "cifar100_sym80": 65.0, "cifar100_sym90": 54.5,
+    }
+
+    def check(self, data_cfg):
+        pass
+
+    def load(self, data_cfg, contract, seed):
+        return load_hf(data_cfg, contract, seed, _load_dataset_dict(data_cfg.path))
+
+    def dataset_names(self, data):
+        path = str(data.get("path"))
+        if is_local_path(path):
+            return Path(path).name, Path(path).name, None
+        return path, path, path
+
+
+@register_source("digits")
+class DigitsSource(Source):
+    """The quickstart's data, built in: no path, no download."""
+
+    def check(self, data_cfg):
+        pass
+
+    def load(self, data_cfg, contract, seed):
+        return load_hf(data_cfg, contract, seed, digits_dataset_dict())
+
+    def dataset_names(self, data):
+        return "scikit-learn digits", self.name, None
+
+    def image_rows(self, bundle):
+        return bundle.train_rows.select_columns(["image"])
