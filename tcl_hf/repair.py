@@ -82,6 +82,9 @@ def _source_text(data: dict, hub_id: str | None, revision: str | None, name: str
     else:
         source = name + (f" (folder `{data['root']}`)" if data.get("root") else "")
     split = f" (split `{data.get('train_split', 'train')}`)" if source_of(data).is_hf_dataset else ""
+    fraction = data.get("test_fraction")
+    if fraction:
+        split += f", less the seeded, class-stratified {fraction:.0%} held out as the test set (`data.test_fraction`)"
     limit = data.get("limit")
     if limit:
         split += f", a seeded, class-stratified sample of {limit} samples (`data.limit`)"

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # tcl_hf.config asks the registry, so nothing here names the 
     import datasets
 
 # The modules whose import registers the sources, in the order their names are listed.
-SOURCE_MODULES = ("hf", "webvision", "clothing1m")
+SOURCE_MODULES = ("hf", "webvision", "clothing1m", "imagefolder", "image_list")
 
 # data.format's default (tcl_hf.config): a run configuration written without one read a 🤗 dataset.
 DEFAULT_SOURCE = "hf"
