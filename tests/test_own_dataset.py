@@ -73,6 +73,18 @@ def test_test_fraction_holds_out_a_seeded_class_stratified_part(tmp_path):
     assert not np.array_equal(_load(*keys, "data.test_fraction=0.25", seed=1).train_indices, kept)
 
 
+def test_test_fraction_is_refused_beside_a_test_split_and_when_a_class_cannot_be_split(tmp_path):
+    _write_parquet(tmp_path / "train.parquet", [0, 1, 0, 1, 1])
+    _write_parquet(tmp_path / "test.parquet", [0, 1])
+    # The data's own test split stays the test set: a hold-out beside it would quietly change the benchmark.
+    with pytest.raises(DataError, match=r"^data.test_fraction: the dataset has a test split 'test'; drop "):
+        _load(f"data.path={tmp_path}", "data.label_column=label", "data.test_fraction=0.2")
+    # 0.2 of 5 rows is one held-out row: too few for two classes.
+    with pytest.raises(DataError, match=r"^data.test_fraction: cannot hold out 0.2 of 5 training rows with every "
+                                        r"class on both sides"):
+        _load(f"data.path={tmp_path / 'train.parquet'}", "data.label_column=label", "data.test_fraction=0.2")
+
+
 def test_string_labels_become_classes_named_by_the_sorted_strings(tmp_path):
     train = [NAMES[k] for k in _labels_in_scrambled_order([3, 5, 4])]
     test = ["owl", "cat", "dog", "owl"]
