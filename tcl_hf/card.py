@@ -6,13 +6,14 @@ may be published at all.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import detector
+from .data.hf import is_local_path
+from .data.registry import DEFAULT_SOURCE, get_source
 from .models import ARCHITECTURE
 from .tcl_state import TCL_CONFIG, TCL_WEIGHTS
 from .verdict import summary_verdict, verdict_explained
@@ -33,10 +34,6 @@ _LOCAL_PATH_KEYS = ("output_dir", "data.root", "data.imagenet_val", "noise.file"
 # Shown in the card's loading example of a folder that was not pushed: where it sits is the reader's business.
 LOCAL_LOAD_REF = "local-dir:path/to/this/folder"
 
-def _is_local_path(value: str) -> bool:
-    """A path on this machine rather than a Hub id (``namespace/name`` never starts with / . or ~)."""
-    return os.path.isabs(value) or value.startswith((".", "~")) or Path(value).exists()
-
 def public_config(run_config: dict) -> dict:
     """``run_config`` as it may be published: local paths (run folder, data, label and weight files)
     cut to their base names, which still say what was used without telling where this machine keeps
@@ -51,24 +48,14 @@ def public_config(run_config: dict) -> dict:
         if isinstance(node.get(leaf), str):
             node[leaf] = Path(node[leaf]).name
     data = public.get("data", {})
-    if isinstance(data.get("path"), str) and _is_local_path(data["path"]):
+    if isinstance(data.get("path"), str) and is_local_path(data["path"]):
         data["path"] = f"./{Path(data['path']).name}"
     return public
 
 def dataset_names(data: dict) -> tuple[str, str, str | None]:
     """(display name, type for model-index, Hub dataset id or None) of the training data that a run's public
     ``data`` section names; a local folder or file is named by its base name only."""
-    if data.get("format") == "digits":
-        return "scikit-learn digits", "digits", None
-    if data.get("format") == "webvision":
-        mini = data.get("num_classes") == 50
-        return ("mini-WebVision" if mini else "WebVision 1.0"), "webvision", None
-    if data.get("format") == "clothing1m":
-        return "Clothing1M", "clothing1m", None
-    path = str(data.get("path"))
-    if _is_local_path(path):
-        return Path(path).name, Path(path).name, None
-    return path, path, path
+    return get_source(data.get("format", DEFAULT_SOURCE)).dataset_names(data)
 
 def noise_description(noise: dict) -> str:
     """What labels a run trained on, from its ``noise`` section, as a phrase for a card ("40% symmetric ...")."""

@@ -62,8 +62,11 @@ def _triple(v):
 
 @dataclass
 class DataConfig:
-    format: Literal["hf", "digits", "webvision", "clothing1m"] = option("hf", help="how to read the data")
-    path: str = option("uoft-cs/cifar10", help="hub id, local folder in hub layout, or data files")
+    format: Literal["hf", "digits", "webvision", "clothing1m", "imagefolder", "image_list"] = option(
+        "hf", help="how to read the data (imagefolder: a folder per class; image_list: a parquet/csv file of image "
+        "paths and labels)")
+    path: str = option("uoft-cs/cifar10", help="hub id, local folder in hub layout, data files, an image folder or "
+                       "an image list")
     root: Optional[str] = option(None, help="dataset folder in its standard layout (webvision, clothing1m)")
     num_classes: Optional[int] = option(None, positive, "the data's class count, checked (webvision: keep classes < N, "
                                         "50 = mini-WebVision); null = whatever the data has")
@@ -83,6 +86,9 @@ class DataConfig:
     clean_label_column: Optional[str] = option(None, help="column with known clean labels, if any")
     train_split: str = option("train")
     test_split: str = option("test")
+    test_fraction: Optional[float] = option(None, in_range(0.0, 1.0, lo_open=True, hi_open=True),
+                                            "data without a test split: hold out this seeded, class-stratified "
+                                            "fraction of the training split as the test set")
     limit: Optional[int] = option(None, positive, "use a seeded, class-stratified sample of N train and N test rows")
     # 1024 is the largest input of any pretrained timm model (SAM ViTs); a batch of 256 such images
     # already needs >3 GB for its views, and larger sizes only exhaust memory.
@@ -271,11 +277,9 @@ def validate(cfg: Config) -> None:
     if cfg.noise.type == "cifarn" and not cfg.noise.label_set:
         raise ConfigError("noise.label_set: required when noise.type=cifarn "
                           "(aggre, worse, random1, random2, random3 for CIFAR-10N; noisy for CIFAR-100N)")
-    if cfg.data.format in ("webvision", "clothing1m"):
-        if not cfg.data.root:
-            raise ConfigError(f"data.root: required when data.format={cfg.data.format} (the dataset's top folder)")
-        if not Path(cfg.data.root).is_dir():
-            raise ConfigError(f"data.root: {cfg.data.root!r} is not a folder")
+    from .data.registry import get_source  # the sources load numpy and PIL, which `import tcl_hf` does without
+
+    get_source(cfg.data.format).check(cfg.data)
     if cfg.data.imagenet_val and not Path(cfg.data.imagenet_val).is_dir():
         raise ConfigError(f"data.imagenet_val: {cfg.data.imagenet_val!r} is not a folder")
     if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.sampler import stratified_subset
+from .feeding.sampler import stratified_subset
 from .detector import CLEAN_THRESHOLD
 from .evaluation import detection_metrics
-from .feed import Feed
+from .feeding.feed import Feed
 from .state import RunState
 
 

@@ -57,6 +57,13 @@ def _summary(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def source_of(data: dict):
+    """The data source (tcl_hf.data.registry) that a run's ``data`` section names."""
+    from .data.registry import DEFAULT_SOURCE, get_source
+
+    return get_source(data.get("format", DEFAULT_SOURCE))
+
+
 # ---- the card ----------------------------------------------------------------------------------------------------
 def _size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
@@ -70,11 +77,14 @@ def _source_text(data: dict, hub_id: str | None, revision: str | None, name: str
     if hub_id:
         at = f" at revision `{revision}`" if revision else ""
         source = f"the Hugging Face dataset [`{hub_id}`](https://huggingface.co/datasets/{hub_id}){at}"
-    elif data.get("format") == "hf":
+    elif source_of(data).is_hf_dataset:
         source = f"the local dataset `{name}`"
     else:
         source = name + (f" (folder `{data['root']}`)" if data.get("root") else "")
-    split = f" (split `{data.get('train_split', 'train')}`)" if data.get("format") == "hf" else ""
+    split = f" (split `{data.get('train_split', 'train')}`)" if source_of(data).is_hf_dataset else ""
+    fraction = data.get("test_fraction")
+    if fraction:
+        split += f", less the seeded, class-stratified {fraction:.0%} held out as the test set (`data.test_fraction`)"
     limit = data.get("limit")
     if limit:
         split += f", a seeded, class-stratified sample of {limit} samples (`data.limit`)"
@@ -85,7 +95,7 @@ def _columns_text(split, config: dict, threshold: float) -> str:
     from .repaired_dataset import CLEAN_LABEL, GIVEN_LABEL
 
     added = set(split.added)
-    if config["data"].get("format") == "hf":
+    if source_of(config["data"]).is_hf_dataset:
         lines = [f"- every column of the source's training split, unchanged: "
                  f"{', '.join(f'`{c}`' for c in split.rows.column_names)}"]
         if GIVEN_LABEL in added:

@@ -66,20 +66,17 @@ def training_split(cfg) -> TrainingSplit:
     data.limit included); images are not decoded."""
     import datasets
 
-    from .data import load_data, resolve_input_contract
+    from .data import get_source, load_data, resolve_input_contract
     from .noise import training_labels
 
     bundle = load_data(cfg.data, resolve_input_contract(cfg.data, cfg.model), seed=cfg.seed)
     given, clean = training_labels(cfg.noise, bundle, cfg.seed)
     given = given.numpy()
     names = datasets.ClassLabel(names=list(bundle.class_names))
-    if cfg.data.format == "hf":
+    source = get_source(cfg.data.format)
+    if source.is_hf_dataset:
         return _hf_split(cfg, bundle.train_rows, given, clean)
-    if cfg.data.format == "digits":
-        rows = bundle.train_rows.select_columns(["image"])
-    else:
-        paths = [bundle.train.path(i) for i in range(len(bundle.train))]
-        rows = datasets.Dataset.from_dict({"image": paths}, features=datasets.Features({"image": datasets.Image()}))
+    rows = source.image_rows(bundle)
     added = {"label": (given, names)}
     if clean is not None:
         added[CLEAN_LABEL] = (np.asarray(clean, dtype=np.int64), names)

@@ -23,18 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .command import is_main_process, run_command
+from .data.registry import paper_test_acc
 from .errors import TCLError, one_line
 from .verdict import VERDICT_OK, summary_verdict
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, SUMMARY_FILE, atomic_write_text
-
-# TCL's published test accuracy (%) by recipe stem: spec section 8 (the paper's Table 2 for CIFAR; WebVision:
-# top-1 on the WebVision val set of mini-WebVision, as our test_acc; Clothing1M: its clean test set).
-PAPER_TEST_ACC = {
-    "cifar10_sym20": 95.0, "cifar10_sym50": 93.9, "cifar10_sym80": 92.5, "cifar10_sym90": 89.4,
-    "cifar10_asym40": 92.6,
-    "cifar100_sym20": 78.0, "cifar100_sym50": 73.3, "cifar100_sym80": 65.0, "cifar100_sym90": 54.5,
-    "webvision": 79.1, "clothing1m": 74.8,
-}
 
 METRICS = ("test_acc", "noise_auc", "label_acc")
 
@@ -190,7 +182,7 @@ def aggregate(runs: list[PlannedRun]) -> list[dict]:
         for key in METRICS:
             values = [float(s[key]) for s in summaries if isinstance(s.get(key), (int, float))]
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
-        paper = PAPER_TEST_ACC.get(recipe.stem)
+        paper = paper_test_acc().get(recipe.stem)
         row["paper_test_acc"] = paper / 100 if paper is not None else None
         # Failed seeds stay in the mean (leaving them out would flatter the recipe) and are named beside it.
         row["failed_seeds"] = "; ".join(f"seed {seed} {verdict}" for seed, s in finished

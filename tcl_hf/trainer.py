@@ -25,7 +25,7 @@ from .distributed import any_process, check_launch, gather_equal, gather_with_gr
 from .errors import StopRequested, TCLError
 from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
-from .feed import Feed
+from .feeding.feed import Feed
 from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels

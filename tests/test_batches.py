@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tcl_hf.data.batches import DeviceBatches, shard
+from tcl_hf.feeding.batches import DeviceBatches, shard
 
 
 def images(n: int) -> torch.Tensor:

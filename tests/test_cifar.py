@@ -42,7 +42,7 @@ def test_load_data_reads_cifar10_in_canonical_order(cifar10_dir):
 
     from PIL import Image
 
-    from tcl_hf.data.sampler import stratified_sample
+    from tcl_hf.feeding.sampler import stratified_sample
 
     images = parquet_column(cifar10_dir, "train", "img")
     # The shards are in the canonical order: the first image of data_batch_1 starts with red values 59, 43, 50.

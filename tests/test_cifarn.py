@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from fixtures import WritesAFile  # noqa: E402
 
-from tcl_hf.data.cifarn import load_cifarn_labels  # noqa: E402
+from tcl_hf.noise.cifarn import load_cifarn_labels  # noqa: E402
 from tcl_hf.errors import DataError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

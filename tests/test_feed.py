@@ -8,9 +8,9 @@ import torch
 from fixtures import tiny_digits
 
 from tcl_hf.config import load_config
-from tcl_hf.data.sampler import stratified_subset
+from tcl_hf.feeding.sampler import stratified_subset
 from tcl_hf.errors import DataError
-from tcl_hf.feed import keep_on_device
+from tcl_hf.feeding.feed import keep_on_device
 from tcl_hf.rundir import read_metrics
 from tcl_hf.trainer import Trainer
 

@@ -21,7 +21,7 @@ from tcl_hf.errors import DataError
 from tcl_hf.data.clothing1m import read_clothing1m
 from tcl_hf.data.images import FileImages
 from tcl_hf.data.lists import ImageList
-from tcl_hf.data.sampler import BalancedSubsetSampler, balanced_subset, class_quotas
+from tcl_hf.feeding.sampler import BalancedSubsetSampler, balanced_subset, class_quotas
 from tcl_hf.data.webvision import read_webvision
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,7 +20,7 @@ from PIL import Image
 from tcl_hf import repair
 from tcl_hf.config import load_config, save_config
 from tcl_hf.data.hf import digits_dataset_dict
-from tcl_hf.data.sampler import stratified_sample
+from tcl_hf.feeding.sampler import stratified_sample
 from tcl_hf.noise import symmetric_noise
 from tcl_hf.report import label_issues
 from tcl_hf.rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, RUN_OUTPUTS, SUMMARY_FILE
@@ -316,12 +316,12 @@ def write_parquet_source(folder: Path, images: Path, n: int) -> np.ndarray:
 
 
 def test_hf_source_keeps_every_column_and_adds_the_noisy_labels(tmp_path, monkeypatch):
-    import tcl_hf.data.hf
+    import tcl_hf.data.decoded
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the repair decoded a split: it needs only labels and rows")
 
-    monkeypatch.setattr(tcl_hf.data.hf, "decode_split", no_decoding)
+    monkeypatch.setattr(tcl_hf.data.decoded, "decode_split", no_decoding)
     source = tmp_path / "shop_photos"
     truth = write_parquet_source(source, tmp_path / "images", n=24)
     given = symmetric_noise(truth, 0.5, 4, seed=3)

@@ -187,3 +187,42 @@ def test_methods_are_told_apart_by_their_traits_not_their_names():
     found = {f"{path.relative_to(REPO)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
              if path.name not in METHOD_NAME_TESTS_ALLOWED for line in method_name_tests(path.read_text(), names)}
     assert not found, sorted(found)
+
+
+# Where a data source's name (data.format) may be written: its own module and the registry (tcl_hf/data/), and
+# the validation of what the user gives (the config's Literal).
+def _source_names() -> set[str]:
+    from tcl_hf.data.registry import source_names
+
+    return set(source_names())
+
+
+def source_name_literals(source: str, names: set[str]) -> list[int]:
+    """Lines of ``source`` with a string constant that is a data source's name."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names})
+
+
+def test_the_source_name_finder_finds_string_literals():
+    found = source_name_literals('a = cfg.data.format == "webvision"\nb = "the webvision set"\n'
+                                 'c = {"clothing1m": 1}\nd = data.get("format", "hf")\n', {"webvision", "clothing1m",
+                                                                                           "hf"})
+    assert found == [1, 3, 4]
+
+
+def test_data_sources_are_asked_not_named():
+    # A test on data.format elsewhere is something the source should answer (tcl_hf/data/registry.py's Source).
+    names = _source_names()
+    assert {"hf", "digits", "webvision", "clothing1m"} <= names
+    found = {f"{path.relative_to(REPO)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+             if PACKAGE / "data" not in path.parents and path != PACKAGE / "config.py"
+             for line in source_name_literals(path.read_text(), names)}
+    assert not found, sorted(found)
+
+
+def test_the_config_allows_exactly_the_registered_sources():
+    import typing
+
+    from tcl_hf.config import DataConfig
+
+    assert set(typing.get_args(typing.get_type_hints(DataConfig)["format"])) == _source_names()

@@ -1,11 +1,12 @@
-"""Data: datasets through Hugging Face ``datasets`` and the real-world layouts, decoded under one input contract.
+"""Data: every way of reading a dataset as one registered source (``registry``), decoded under one input contract.
 
-``load_data(data_cfg, contract, seed)`` returns a ``DataBundle``; one module per source (``hf``,
-``webvision``, ``clothing1m``, ``cifarn`` label files), ``images`` for decoding and the datasets that hand
-images out, ``contract`` for the preprocessing, ``sampler`` and ``batches`` for what each step sees.
+``load_data(data_cfg, contract, seed)`` asks the source that ``data.format`` names for a ``DataBundle``; one
+module per source (``hf``: any 🤗 dataset and the quickstart's digits, ``webvision``, ``clothing1m``), ``lists``
+and ``load`` for datasets read from their file lists, ``images`` and ``decoded`` for decoding, ``contract`` for
+the preprocessing. What each step sees is ``tcl_hf.feeding``'s; label files are ``tcl_hf.noise``'s.
 """
 from .bundle import DataBundle
 from .contract import InputContract, resolve_input_contract
-from .load import load_data
+from .registry import get_source, load_data
 
-__all__ = ["DataBundle", "InputContract", "load_data", "resolve_input_contract"]
+__all__ = ["DataBundle", "InputContract", "get_source", "load_data", "resolve_input_contract"]

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError
-from .contract import InputContract
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset, Sampler
+
+    from .contract import InputContract
 
 @dataclass
 class DataBundle:
@@ -20,7 +24,8 @@ class DataBundle:
     class_names: list[str]
     contract: InputContract           # the preprocessing, mean and std included
     full_train_size: int              # rows in the train split before data.limit (label files must match it)
-    train_indices: np.ndarray | None = None          # the rows of the full train split data.limit drew; None = all
+    train_indices: np.ndarray | None = None          # rows of the full train split trained on (data.limit's draw,
+                                                     # data.test_fraction's kept part); None = all
     extra_evals: dict = field(default_factory=dict)  # more test sets: name -> (Dataset, labels), e.g. "val"
     train_sampler: Sampler | None = None             # e.g. a class-balanced subset per epoch
     unlabelled: int = 0                              # listed training images left out: no label for them

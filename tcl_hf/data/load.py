@@ -1,36 +1,23 @@
-"""``load_data``: the splits named by ``data.*``, decoded as the input contract says, as a ``DataBundle``."""
+"""A dataset read from its file lists (WebVision, Clothing1M): the splits as a ``DataBundle``, decoded lazily."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
-from .bundle import DataBundle, check_class_count, check_every_class_trained
+from ..feeding.sampler import BalancedSubsetSampler, stratified_sample
+from .bundle import DataBundle, check_every_class_trained
 from .contract import InputContract
-from .clothing1m import CLOTHING1M_MEAN, CLOTHING1M_STD, read_clothing1m
-from .hf import IMAGENET_MEAN, IMAGENET_STD, load_hf
 from .images import FileImages
-from .sampler import BalancedSubsetSampler, stratified_sample
-from .webvision import read_webvision
 
 if TYPE_CHECKING:
     from ..config import DataConfig
+    from .lists import ImageList
 
-def load_data(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> DataBundle:
-    """Read the splits named by the config, decoded as ``contract`` says; a contract without mean/std
-    gets the data's own statistics (in-memory sets) or the dataset's published ones."""
-    if data_cfg.format in ("webvision", "clothing1m"):
-        return _load_file_lists(data_cfg, contract, seed)
-    return load_hf(data_cfg, contract, seed)
-
-def _load_file_lists(data_cfg, contract: InputContract, seed: int) -> DataBundle:
-    """WebVision / Clothing1M from their standard layouts, decoded lazily in loader workers."""
-    if data_cfg.format == "webvision":
-        lists = read_webvision(data_cfg.root, data_cfg.num_classes or 50, data_cfg.imagenet_val)
-        default_stats, extra_names = (IMAGENET_MEAN, IMAGENET_STD), ("imagenet",)
-    else:
-        lists = read_clothing1m(data_cfg.root)
-        check_class_count(data_cfg.num_classes, lists["train"].num_classes, "category_names_eng.txt")
-        default_stats, extra_names = (CLOTHING1M_MEAN, CLOTHING1M_STD), ("val",)
+def load_file_lists(data_cfg: DataConfig, contract: InputContract, seed: int, lists: dict[str, ImageList],
+                    default_stats: tuple, extra_names: tuple[str, ...]) -> DataBundle:
+    """A dataset read from its file lists (``lists``: split name -> list, "train" and "test" among them),
+    decoded lazily in loader workers; ``default_stats`` are its published mean and std, ``extra_names``
+    the further splits evaluated beside "test"."""
     full_train_size, unlabelled = len(lists["train"]), lists["train"].unlabelled
     for name, lst in lists.items():
         if len(lst) == 0:

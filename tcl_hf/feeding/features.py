@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from .data.batches import shard
+from .batches import shard
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .data.batches import DeviceBatches, LoaderBatches
-from .data.bundle import DataBundle
-from .data.images import TensorImages
-from .errors import DataError
-from .data.loaders import make_train_loader, worker_loader
+from .batches import DeviceBatches, LoaderBatches
+from ..data.bundle import DataBundle
+from ..data.images import TensorImages
+from ..errors import DataError
+from .loaders import make_train_loader, worker_loader
 from .features import Features, extract_on_device, extract_with_loader
-from .reference_views import ReadyViews, ReferenceViewsDataset, reference_transforms
-from .views import Views
+from ..reference_views import ReadyViews, ReferenceViewsDataset, reference_transforms
+from ..views import Views
 
 # On a GPU, decoded images stay on it when they take at most this share of its memory.
 DEVICE_SHARE = 0.25

@@ -1,4 +1,5 @@
-"""Label noise: the benchmark's synthetic generators (spec section 6) and index-aligned label files.
+"""Label noise: the benchmark's synthetic generators (spec section 6), index-aligned label files and, in
+``cifarn``, the CIFAR-N human labels.
 
 All functions take clean labels and return a new array; the clean labels are never modified, so
 the trainer can keep them beside the noisy ones for measuring detection.
@@ -11,11 +12,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 if TYPE_CHECKING:
-    from .config import NoiseConfig
-    from .data.bundle import DataBundle
+    from ..config import NoiseConfig
+    from ..data.bundle import DataBundle
 
 # truck->automobile, bird->airplane, deer->horse, cat<->dog (the usual CIFAR-10 asymmetric map).
 CIFAR10_ASYM = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -100,7 +101,7 @@ def make_noisy_labels(noise_type: str, labels: np.ndarray, num_classes: int, rat
     if noise_type == "file":
         return load_label_file(file, full_size if full_size is not None else len(labels), num_classes, rows)
     if noise_type == "cifarn":
-        from .data.cifarn import load_cifarn_labels
+        from .cifarn import load_cifarn_labels
 
         noisy = load_cifarn_labels(file, label_set, labels, rows)
         # Checked here, where the class count is known: out of range, a label would fail deep in the loss.
