@@ -89,7 +89,7 @@ def digits_dataset_dict(seed: int = 0) -> datasets.DatasetDict:
                                      "label": digits.target.tolist()}, features=features)
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
-def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> DataBundle:
+def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int = 0, progress: bool = False) -> DataBundle:
     import datasets
 
     if data_cfg.format == "digits":
@@ -135,9 +135,9 @@ def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> Dat
         in_memory = (len(train) + len(test)) * storage * storage * 3 <= IN_MEMORY_BYTES
     if in_memory:
         train_images, train_ok = decode_split(train, image_col, contract.train_decoding, data_cfg.on_bad_image,
-                                              data_cfg.max_image_pixels)
+                                              data_cfg.max_image_pixels, "decoding train" if progress else None)
         test_images, test_ok = decode_split(test, image_col, contract.eval_decoding, data_cfg.on_bad_image,
-                                            data_cfg.max_image_pixels)
+                                            data_cfg.max_image_pixels, "decoding test" if progress else None)
         if contract.mean is None:
             contract = contract.with_stats(*channel_stats(train_images[train_ok]))
         train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)

@@ -15,12 +15,13 @@ from .webvision import read_webvision
 if TYPE_CHECKING:
     from ..config import DataConfig
 
-def load_data(data_cfg: DataConfig, contract: InputContract, seed: int = 0) -> DataBundle:
+def load_data(data_cfg: DataConfig, contract: InputContract, seed: int = 0, progress: bool = False) -> DataBundle:
     """Read the splits named by the config, decoded as ``contract`` says; a contract without mean/std
-    gets the data's own statistics (in-memory sets) or the dataset's published ones."""
+    gets the data's own statistics (in-memory sets) or the dataset's published ones. ``progress``: a bar for
+    the decoding of in-memory sets (file lists decode lazily, in the loaders)."""
     if data_cfg.format in ("webvision", "clothing1m"):
         return _load_file_lists(data_cfg, contract, seed)
-    return load_hf(data_cfg, contract, seed)
+    return load_hf(data_cfg, contract, seed, progress)
 
 def _load_file_lists(data_cfg, contract: InputContract, seed: int) -> DataBundle:
     """WebVision / Clothing1M from their standard layouts, decoded lazily in loader workers."""
