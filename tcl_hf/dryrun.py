@@ -12,6 +12,7 @@ from typing import Callable
 
 import yaml
 
+from .command import is_main_process
 from .config import Config, to_dict
 
 CLASS_NAMES_SHOWN = 5
@@ -23,6 +24,8 @@ def processes_launched() -> int:
 
 
 def dry_run(cfg: Config, say: Callable[[str], None] = print) -> None:
+    if not is_main_process():
+        return  # under a launcher every process would check and print the same: the first does it for all
     from .data import load_data, resolve_input_contract
     from .models import build_tcl_model
     from .noise import training_labels
