@@ -13,21 +13,20 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from timm.models import save_for_hf
-
-from .card import LOCAL_LOAD_REF, model_card, public_config
-from .data.contract import InputContract
 from .command import hub_repo_id, refuse_file_in_the_way, run_command
 from .errors import TCLError
-from .hub import push_folder
-from .models import TCLModel, classifier_from_tcl
-from .report import label_issues, make_plots, write_label_issues
-from .result import RunResult
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE
-from .tcl_state import save_tcl_state
 from .verdict import summary_verdict, untrusted_outputs_line
+
+# torch, timm, huggingface_hub and matplotlib are imported where they are used: `--help` answers at once.
+if TYPE_CHECKING:
+    import torch
+
+    from .data.contract import InputContract
+    from .models import TCLModel
+    from .result import RunResult
 
 
 @dataclass
@@ -45,6 +44,10 @@ def export_classifier(model: TCLModel, out_dir: str | Path, *, backbone: str, la
     The config's data section is the run's input contract, so ``timm.data.create_transform`` on the loaded
     model rebuilds the evaluation preprocessing under which the run's accuracy was measured.
     """
+    from timm.models import save_for_hf
+
+    from .models import classifier_from_tcl
+
     classifier = classifier_from_tcl(model, backbone, in_chans)
     # timm leaves the dropout rate out of the recorded model args unless it is given explicitly.
     save_for_hf(classifier, out_dir, model_config={"label_names": list(label_names)},
@@ -60,6 +63,9 @@ def export_hub_folder(model: TCLModel, prototypes: torch.Tensor, out_dir: str | 
     ``run_config`` is ``tcl_hf.config.to_dict(cfg)``; ``metrics`` holds the run's final numbers
     (test_acc, knn_acc, noise_auc, ...); ``repo_id`` only changes the loading example in the card.
     """
+    from .card import LOCAL_LOAD_REF, model_card, public_config
+    from .tcl_state import save_tcl_state
+
     out_dir = Path(out_dir)
     run_config = public_config(run_config)
     export_classifier(model, out_dir, backbone=run_config["model"]["backbone"], label_names=label_names,
@@ -75,6 +81,8 @@ def publish_run(result: RunResult, *, repo_id: str | None = None) -> Published:
 
     ``repo_id`` only sets the card's loading example; pushing is ``tcl_hf.hub.push_folder``'s job.
     """
+    from .report import label_issues, make_plots, write_label_issues
+
     out = result.output_dir
     hub_dir = export_hub_folder(result.model, result.prototypes, out / HUB_DIR, run_config=result.config,
                                 metrics=result.summary, label_names=result.class_names, contract=result.contract,
@@ -133,6 +141,8 @@ def _summary(run_dir: Path) -> dict:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from .hub import push_folder
+
     refuse_file_in_the_way(Path(args.run_dir) / HUB_DIR, "export", "move it aside and export again")
     result = finished_run(args.run_dir)
     published = publish_run(result, repo_id=args.push)

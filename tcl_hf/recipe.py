@@ -255,3 +255,17 @@ def flat_keys(cls, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = tp
     return out
+
+
+def key_docs(cls, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every dotted key of ``cls`` as (key, type as the user reads it, default, help), in declaration order."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for key, f in _fields(cls).items():
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += key_docs(tp, f"{prefix}{key}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append((f"{prefix}{key}", describe(tp), default, f.metadata.get("help", "")))
+    return out

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import yaml
 
-from .card import METHOD_TEXT
 from .command import hub_repo_id, refuse_file_in_the_way, run_command
 from .errors import TCLError
 from .rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, SUMMARY_FILE
@@ -115,7 +114,7 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
     """The card of a repaired dataset; ``config`` is the run's public configuration (tcl_hf.card.public_config)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from .card import dataset_names, noise_description, shown_metrics
+    from .card import METHOD_TEXT, dataset_names, noise_description, shown_metrics
     from .detector import CLEAN_THRESHOLD
     from .repaired_dataset import REPAIR_TAG, hub_revision, label_accuracy
 

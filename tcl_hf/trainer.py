@@ -30,6 +30,7 @@ from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
 from .optim import auto_lr_at, build_optimizer, lr_at, scaled_lr
+from .plan import start_line
 from .plus import start_from_tcl_run
 from .result import RunResult
 from .state import LossMeter, RunState
@@ -70,7 +71,7 @@ class Trainer:
         contract = resolve_input_contract(cfg.data, cfg.model)
         # Each machine's first process decodes and caches; its others map the decoded files (data/decoded.py).
         with acc.local_main_process_first():
-            self.data = load_data(cfg.data, contract, seed=cfg.seed)
+            self.data = load_data(cfg.data, contract, seed=cfg.seed, progress=acc.is_main_process and cfg.log.progress)
         if self.data.unlabelled:
             acc.print(f"left out {self.data.unlabelled} listed training image(s) without an entry in the label file")
         self.num_classes = self.data.num_classes
@@ -266,10 +267,12 @@ class Trainer:
             self.health.after_resume()  # a collapse recorded before the resume stays in force
             if acc.is_main_process:  # records after the checkpoint (all of them without one) will be redone
                 rundir.trim_metrics(self.output_dir, st.epoch)
+        acc.print(start_line(cfg, len(self.data.train), self.num_classes, acc.num_processes))
         if not resumed:
             acc.print(f"initial EM step: {format_record(self.detect_noise())}")  # the confidences of epoch 1
         wall_before, record = st.wall_seconds, {}
-        progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=st.step, unit="step",
+        # smoothing=0: the rate averages over all the time since the bar began, EM steps and evaluations included.
+        progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=st.step, unit="step", smoothing=0,
                         disable=not (acc.is_main_process and cfg.log.progress), dynamic_ncols=True)
         with progress:
             for epoch in range(st.epoch + 1, cfg.train.epochs + 1):

@@ -117,12 +117,23 @@ def test_the_package_imports_no_private_torch_module():
     assert {module: names for module, names in found.items() if names} == {}
 
 
-def _modules_after(code: str) -> list[str]:
-    heavy = ("torch", "timm", "huggingface_hub", "wandb", "matplotlib", "datasets", "accelerate")
-    probe = f"{code}\nimport sys\nprint('loaded:', *(m for m in {heavy!r} if m in sys.modules))"
+HEAVY = ("torch", "timm", "huggingface_hub", "wandb", "matplotlib", "datasets", "accelerate")
+
+
+def _probe(code: str) -> list[str]:
+    """The stdout lines of ``code`` run in a fresh interpreter, the last one listing the heavy modules it loaded."""
+    probe = f"{code}\nimport sys\nprint('loaded:', *(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.splitlines()[-1].split()[1:]
+    return done.stdout.splitlines()
+
+
+def _loaded(lines: list[str]) -> list[str]:
+    return lines[-1].split()[1:]
+
+
+def _modules_after(code: str) -> list[str]:
+    return _loaded(_probe(code))
 
 
 def test_import_tcl_hf_is_light():
@@ -133,6 +144,25 @@ def test_train_py_help_imports_nothing_heavy():
     code = ("import runpy, sys\nsys.argv = ['train.py', '--help']\n"
             "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass")
     assert _modules_after(code) == []
+
+
+# Each command's --help, run as its user runs it (train.py by path, the others with -m).
+HELP_RUNS = {"train.py": "runpy.run_path('train.py', run_name='__main__')",
+             **{m: f"runpy.run_module({m!r}, run_name='__main__', alter_sys=True)"
+                for m in ("tcl_hf.export", "tcl_hf.repair", "tcl_hf.sweep")}}
+HELP_SECONDS = 2.0
+
+
+@pytest.mark.parametrize("command", sorted(HELP_RUNS))
+def test_every_commands_help_answers_at_once_without_heavy_imports(command):
+    # Heavy libraries are imported after the arguments are read: --help (and a typo) answer in well under a second
+    # instead of the ~5-20 s torch, timm and datasets take to import on a cold machine.
+    code = (f"import runpy, sys, time\nstart = time.perf_counter()\nsys.argv = [{command!r}, '--help']\n"
+            f"try:\n    {HELP_RUNS[command]}\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+            f"print('seconds:', time.perf_counter() - start)")
+    lines = _probe(code)
+    seconds = float(next(line for line in lines if line.startswith("seconds:")).split()[1])
+    assert _loaded(lines) == [] and seconds < HELP_SECONDS
 
 
 @pytest.mark.slow

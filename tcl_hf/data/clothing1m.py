@@ -58,7 +58,7 @@ class Clothing1MSource(Source):
     # Accuracy on its clean test set.
     paper_test_acc = {"clothing1m": 74.8}
 
-    def load(self, data_cfg, contract, seed):
+    def load(self, data_cfg, contract, seed, progress=False):  # decoded lazily, in the loaders
         from .bundle import check_class_count
         from .load import load_file_lists
 

@@ -84,17 +84,18 @@ def _write(path: Path, write: Callable[[IO], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def decode_split(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_split(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int,
+                 progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N, 3, crop, crop] images and ok mask [N] of ``split[column]`` — mapped from this machine's decoded
-    files when an earlier process wrote them, else decoded here and (for an on-disk split) written for the next."""
+    files when an earlier process wrote them, else decoded here (``progress``: the bar's label, None for none) and
+    (for an on-disk split) written for the next."""
     import datasets
 
     paths = _cache_paths(split, column, decoding, on_bad_image, max_pixels)
     if paths is not None and (found := _mapped(paths, len(split))) is not None:
         return found
     images, ok = decode_images(split.cast_column(column, datasets.Image(decode=False))[column], decoding,
-                               on_bad_image, max_pixels)
+                               on_bad_image, max_pixels, progress)
     if paths is None:
         return images, ok
     pixels, mask = images.numpy(), ok.numpy()

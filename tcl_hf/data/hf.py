@@ -129,9 +129,11 @@ def digits_dataset_dict(seed: int = 0) -> datasets.DatasetDict:
                                      "label": digits.target.tolist()}, features=features)
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
+
 def is_local_path(value: str) -> bool:
     """A path on this machine rather than a Hub id (``namespace/name`` never starts with / . or ~)."""
     return os.path.isabs(value) or value.startswith((".", "~")) or Path(value).exists()
+
 
 def path_names(path: str) -> tuple[str, str, str | None]:
     """A card's (display name, type, Hub id or None) of data.path: a local folder or file by its base name."""
@@ -139,8 +141,10 @@ def path_names(path: str) -> tuple[str, str, str | None]:
         return Path(path).name, Path(path).name, None
     return path, path, path
 
-def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int, dsd: datasets.DatasetDict) -> DataBundle:
-    """The splits of ``dsd`` that ``data_cfg`` names, as a ``DataBundle``."""
+
+def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int, dsd: datasets.DatasetDict,
+            progress: bool = False) -> DataBundle:
+    """The splits of ``dsd`` that ``data_cfg`` names, as a ``DataBundle``; ``progress``: a bar while decoding."""
     import datasets
 
     # The decoders and samplers pull in torch; the registry's sources stay light until data is read.
@@ -194,9 +198,9 @@ def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int, dsd: datas
         in_memory = (len(train) + len(test)) * storage * storage * 3 <= IN_MEMORY_BYTES
     if in_memory:
         train_images, train_ok = decode_split(train, image_col, contract.train_decoding, data_cfg.on_bad_image,
-                                              data_cfg.max_image_pixels)
+                                              data_cfg.max_image_pixels, "decoding train" if progress else None)
         test_images, test_ok = decode_split(test, image_col, contract.eval_decoding, data_cfg.on_bad_image,
-                                            data_cfg.max_image_pixels)
+                                            data_cfg.max_image_pixels, "decoding test" if progress else None)
         if contract.mean is None:
             contract = contract.with_stats(*channel_stats(train_images[train_ok]))
         train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)
@@ -228,8 +232,8 @@ class HFSource(Source):
     def check(self, data_cfg):
         pass
 
-    def load(self, data_cfg, contract, seed):
-        return load_hf(data_cfg, contract, seed, _load_dataset_dict(data_cfg.path))
+    def load(self, data_cfg, contract, seed, progress=False):
+        return load_hf(data_cfg, contract, seed, _load_dataset_dict(data_cfg.path), progress)
 
     def dataset_names(self, data):
         return path_names(str(data.get("path")))
@@ -242,8 +246,8 @@ class DigitsSource(Source):
     def check(self, data_cfg):
         pass
 
-    def load(self, data_cfg, contract, seed):
-        return load_hf(data_cfg, contract, seed, digits_dataset_dict())
+    def load(self, data_cfg, contract, seed, progress=False):
+        return load_hf(data_cfg, contract, seed, digits_dataset_dict(), progress)
 
     def dataset_names(self, data):
         return "scikit-learn digits", self.name, None

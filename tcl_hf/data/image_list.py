@@ -42,7 +42,7 @@ class ImageListSource(Source):
             raise ConfigError("data.image_column: required when data.format=image_list (the column of image paths, "
                               "relative to the list's folder)")
 
-    def load(self, data_cfg, contract, seed):
+    def load(self, data_cfg, contract, seed, progress=False):
         import datasets
 
         from .hf import load_hf, read_dataset
@@ -55,7 +55,7 @@ class ImageListSource(Source):
         images, order = resolved_paths(rows[column], list_file, column), rows.column_names
         rows = rows.remove_columns(column).add_column(column, images).select_columns(order)
         rows = rows.cast_column(column, datasets.Image())
-        return load_hf(data_cfg, contract, seed, datasets.DatasetDict({"train": rows}))
+        return load_hf(data_cfg, contract, seed, datasets.DatasetDict({"train": rows}), progress)
 
     def dataset_names(self, data):
         from .hf import path_names

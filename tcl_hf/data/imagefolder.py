@@ -17,12 +17,12 @@ class ImageFolderSource(Source):
             raise ConfigError(f"data.path: {data_cfg.path!r} is not a folder (data.format=imagefolder reads a folder "
                               f"with one sub-folder of images per class)")
 
-    def load(self, data_cfg, contract, seed):
+    def load(self, data_cfg, contract, seed, progress=False):
         from .hf import load_hf, read_dataset
 
         # The builder named outright: datasets' own guess from the files could pick another (a stray .csv).
         dsd = read_dataset(data_cfg.path, "imagefolder", data_dir=data_cfg.path)
-        return load_hf(data_cfg, contract, seed, dsd)
+        return load_hf(data_cfg, contract, seed, dsd, progress)
 
     def dataset_names(self, data):
         from .hf import path_names

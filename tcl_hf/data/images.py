@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..config import MAX_IMAGE_PIXELS
 from ..errors import DataError
@@ -196,11 +197,13 @@ def decode_cell(cell: dict | str, decoding: Decoding, on_bad_image: str = "error
         return np.zeros((decoding.crop, decoding.crop, 3), dtype=np.uint8), False
 
 def decode_images(cells: Sequence[dict | str], decoding: Decoding, on_bad_image: str = "error",
-                  max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode a column of undecoded image cells into uint8 [N, 3, crop, crop] and an ok mask [N]."""
+                  max_pixels: int = MAX_IMAGE_PIXELS, progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a column of undecoded image cells into uint8 [N, 3, crop, crop] and an ok mask [N]; ``progress``
+    labels a progress bar (count and images/s: a large set takes minutes), None shows none."""
     out = np.empty((len(cells), decoding.crop, decoding.crop, 3), dtype=np.uint8)
     ok = np.ones(len(cells), dtype=bool)
-    for i, cell in enumerate(cells):
+    shown = tqdm(cells, desc=progress, unit="img", disable=progress is None, dynamic_ncols=True)
+    for i, cell in enumerate(shown):
         out[i], ok[i] = decode_cell(cell, decoding, on_bad_image, max_pixels)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(ok)
 

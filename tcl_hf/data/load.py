@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ..config import DataConfig
     from .lists import ImageList
 
+
 def load_file_lists(data_cfg: DataConfig, contract: InputContract, seed: int, lists: dict[str, ImageList],
                     default_stats: tuple, extra_names: tuple[str, ...]) -> DataBundle:
     """A dataset read from its file lists (``lists``: split name -> list, "train" and "test" among them),

@@ -43,8 +43,9 @@ class Source:
         if not Path(data_cfg.root).is_dir():
             raise ConfigError(f"data.root: {data_cfg.root!r} is not a folder")
 
-    def load(self, data_cfg, contract, seed: int):
-        """The data as a ``tcl_hf.data.DataBundle``, decoded as the ``InputContract`` says."""
+    def load(self, data_cfg, contract, seed: int, progress: bool = False):
+        """The data as a ``tcl_hf.data.DataBundle``, decoded as the ``InputContract`` says (``progress``: a bar
+        while in-memory sets decode)."""
         raise NotImplementedError
 
     def dataset_names(self, data: dict) -> tuple[str, str, str | None]:
@@ -94,7 +95,8 @@ def paper_test_acc() -> dict[str, float]:
     return {stem: acc for source in _sources().values() for stem, acc in source.paper_test_acc.items()}
 
 
-def load_data(data_cfg, contract, seed: int = 0):
+def load_data(data_cfg, contract, seed: int = 0, progress: bool = False):
     """Read the splits named by the config, decoded as ``contract`` says; a contract without mean/std
-    gets the data's own statistics (in-memory sets) or the dataset's published ones."""
-    return get_source(data_cfg.format).load(data_cfg, contract, seed)
+    gets the data's own statistics (in-memory sets) or the dataset's published ones. ``progress``: a bar for
+    the decoding of in-memory sets (file lists decode lazily, in the loaders)."""
+    return get_source(data_cfg.format).load(data_cfg, contract, seed, progress)

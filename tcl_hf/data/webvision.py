@@ -95,7 +95,7 @@ class WebVisionSource(Source):
     # Top-1 on the WebVision val set of mini-WebVision, as our test_acc.
     paper_test_acc = {"webvision": 79.1}
 
-    def load(self, data_cfg, contract, seed):
+    def load(self, data_cfg, contract, seed, progress=False):  # decoded lazily, in the loaders
         from .hf import IMAGENET_MEAN, IMAGENET_STD
         from .load import load_file_lists
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +41,17 @@ def _outputs(model: torch.nn.Module, images: torch.Tensor, transform: Transform,
 
 @torch.inference_mode()
 def extract_on_device(model: torch.nn.Module, images: torch.Tensor, ok: torch.Tensor, index: torch.Tensor,
-                      transform: Transform, batch_size: int, widths: tuple[int, int], accelerator: Accelerator) -> Features:
+                      transform: Transform, batch_size: int, widths: tuple[int, int], accelerator: Accelerator,
+                      progress: Callable[[Iterable], Iterable] = iter) -> Features:
     """Rows ``index`` of device-resident ``images``: this process takes its contiguous shard of them, and one
-    gather puts every process's rows back in order. ``widths`` is (projection dim, classes)."""
+    gather puts every process's rows back in order. ``widths`` is (projection dim, classes); ``progress`` wraps
+    the batches (a range) to show them, e.g. in a tqdm bar."""
     model.eval()
     rows = shard(len(index), accelerator.process_index, accelerator.num_processes)
     mine = index[rows.start:rows.stop]
     z = torch.zeros(len(mine), widths[0], device=images.device)
     p = torch.zeros(len(mine), widths[1], device=images.device)
-    for i in range(0, len(mine), batch_size):
+    for i in progress(range(0, len(mine), batch_size)):
         z[i:i + batch_size], p[i:i + batch_size] = _outputs(model, images[mine[i:i + batch_size]], transform,
                                                             accelerator)
     if accelerator.num_processes > 1:

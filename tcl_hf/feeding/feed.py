@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from .batches import DeviceBatches, LoaderBatches
 from ..data.bundle import DataBundle
@@ -46,6 +47,7 @@ class Feed:
                             f"exceeds the {len(data.train)} training samples; lower train.batch_size")
         self.accelerator, self.data = acc, data
         self.workers, self.seed = cfg.data.num_workers, cfg.seed
+        self.progress = acc.is_main_process and cfg.log.progress
         self.eval_batch = cfg.train.eval_batch_size or 4 * cfg.train.batch_size
         fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.test_view = Views(contract.size, contract.mean, contract.std, cfg.aug.crop_padding,
@@ -79,16 +81,22 @@ class Feed:
         loader = worker_loader(subset, self.workers, self.seed, batch_size=self.eval_batch, shuffle=False)
         return self.accelerator.prepare_data_loader(loader, device_placement=False)
 
-    def _extract(self, model, name: str, dataset, rows: torch.Tensor) -> Features:
+    def _bar(self, what: str):
+        """Wraps an extraction's batches in a progress bar (main process, log.progress), gone when it is done."""
+        return lambda batches: tqdm(batches, desc=what, unit="batch", leave=False, disable=not self.progress,
+                                    dynamic_ncols=True)
+
+    def _extract(self, model, name: str, dataset, rows: torch.Tensor, what: str) -> Features:
         if self.on_device:
             ok = dataset.ok.to(self.accelerator.device)
             return extract_on_device(model, self.images[name], ok, rows, self.test_view.test, self.eval_batch,
-                                     self.widths, self.accelerator)
-        return extract_with_loader(model, self._loader(dataset, rows), rows, self.test_view.test, self.accelerator)
+                                     self.widths, self.accelerator, self._bar(what))
+        return extract_with_loader(model, self._bar(what)(self._loader(dataset, rows)), rows, self.test_view.test,
+                                   self.accelerator)
 
     def extract_train(self, model: torch.nn.Module, rows: torch.Tensor) -> Features:
         """The EM step's view of the training rows ``rows`` (the test transform, no augmentation)."""
-        return self._extract(model, "train", self.data.train, rows)
+        return self._extract(model, "train", self.data.train, rows, "EM step: train features")
 
     def extract_evals(self, model: torch.nn.Module) -> dict[str, tuple[Features, torch.Tensor]]:
         """Every held-out set, "test" first: (features, labels on the device)."""
@@ -96,5 +104,6 @@ class Feed:
         out = {}
         for name, (dataset, labels) in self.data.eval_sets.items():
             rows = torch.arange(len(dataset), device=device)
-            out[name] = (self._extract(model, name, dataset, rows), torch.as_tensor(labels, device=device))
+            out[name] = (self._extract(model, name, dataset, rows, f"evaluation: {name}"),
+                         torch.as_tensor(labels, device=device))
         return out
