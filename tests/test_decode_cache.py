@@ -95,8 +95,8 @@ def test_decoding_holds_one_copy_of_the_images(tmp_path):
     # channels-first layout and then the mapped file beside it (2x and more).
     for kind in ("on_disk", "in_memory"):
         assert rises[kind] <= 1.3 * size, f"{kind}: the peak rose {rises[kind] / size:.2f}x the decoded size"
-    # The mean and std of the set in integer chunks, not a float copy of it (4x, and more for the std).
-    assert rises["channel_stats"] <= 1.0 * size, f"channel_stats: {rises['channel_stats'] / size:.2f}x"
+    # The mean and std from histograms of chunks, not a float copy of the set (4x, and more for the std).
+    assert rises["channel_stats"] <= 0.5 * size, f"channel_stats: {rises['channel_stats'] / size:.2f}x"
     print({kind: round(rise / size, 2) for kind, rise in rises.items()})
 
 
