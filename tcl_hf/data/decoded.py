@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import socket
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Callable, NamedTuple
+from typing import IO, TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -73,9 +75,18 @@ def _mapped(paths: CacheFiles, count: int) -> tuple[torch.Tensor, torch.Tensor] 
     return torch.from_numpy(images), torch.from_numpy(ok.astype(bool))
 
 
+def temp_path(path: Path) -> Path:
+    """A new, empty file beside ``path`` for writing it: the host, the pid and a random part in its name, so writers
+    on two machines that share a cache folder (an NFS home) never write into one file."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    # Created exclusively, with the umask's permissions (mkstemp's 0600 would shut other users out of a shared cache).
+    tmp.touch(exist_ok=False)
+    return tmp
+
+
 def _write(path: Path, write: Callable[[IO], None]) -> None:
     """Atomically: a reader sees the whole file or none."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -84,26 +95,55 @@ def _write(path: Path, write: Callable[[IO], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _cells(split: datasets.Dataset, column: str) -> Iterator[dict]:
+    """The undecoded image cells of ``split[column]``, read a batch at a time: the whole column as Python objects
+    would hold every encoded image at once."""
+    import datasets
+
+    cells = split.cast_column(column, datasets.Image(decode=False)).select_columns([column])
+    for batch in cells.iter(batch_size=1024):
+        yield from batch[column]
+
+
+def _decode_to_files(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int,
+                     paths: CacheFiles, progress: str | None) -> None:
+    """Decode straight into the memory-mapped images file (one copy of the set, in the page cache), then write the
+    mask and the digest, then give the images file its name: its presence is what says "complete"."""
+    tmp = temp_path(paths.images)
+    try:
+        shape = (len(split), 3, decoding.crop, decoding.crop)
+        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            # Disk space now, as an OSError: a full disk met while writing through the map would be a SIGBUS.
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        # Only the mask kept: the images tensor would hold the map open past ``del pixels``.
+        mask = decode_images(_cells(split, column), decoding, on_bad_image, max_pixels, progress, out=pixels)[1].numpy()
+        digest = _digest(pixels, mask)
+        pixels.flush()
+        del pixels  # unmapped before the caller maps the final file: its pages would count twice
+        _write(paths.ok, lambda f: np.save(f, mask, allow_pickle=False))
+        _write(paths.digest, lambda f: f.write(digest.encode()))
+        os.replace(tmp, paths.images)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def decode_split(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int,
                  progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N, 3, crop, crop] images and ok mask [N] of ``split[column]`` — mapped from this machine's decoded
-    files when an earlier process wrote them, else decoded here (``progress``: the bar's label, None for none) and
-    (for an on-disk split) written for the next."""
-    import datasets
-
+    files when an earlier process wrote them, else decoded here (for an on-disk split, into those files for the
+    next; ``progress``: the bar's label, None for none). Either way decoding holds one copy of the images."""
     paths = _cache_paths(split, column, decoding, on_bad_image, max_pixels)
     if paths is not None and (found := _mapped(paths, len(split))) is not None:
         return found
-    images, ok = decode_images(split.cast_column(column, datasets.Image(decode=False))[column], decoding,
-                               on_bad_image, max_pixels, progress)
-    if paths is None:
-        return images, ok
-    pixels, mask = images.numpy(), ok.numpy()
-    try:
-        # The mask and the digest first: the images file's presence is what says "complete".
-        _write(paths.ok, lambda f: np.save(f, mask, allow_pickle=False))
-        _write(paths.digest, lambda f: f.write(_digest(pixels, mask).encode()))
-        _write(paths.images, lambda f: np.save(f, pixels, allow_pickle=False))
-    except OSError:
-        return images, ok  # a read-only cache: this process keeps its own copy
-    return _mapped(paths, len(split)) or (images, ok)
+    if paths is not None:
+        try:
+            _decode_to_files(split, column, decoding, on_bad_image, max_pixels, paths, progress)
+        except OSError:
+            pass  # a read-only or full cache folder: this process decodes its own copy
+        else:
+            if (found := _mapped(paths, len(split))) is not None:
+                return found
+    return decode_images(_cells(split, column), decoding, on_bad_image, max_pixels, progress,
+                         out=np.empty((len(split), 3, decoding.crop, decoding.crop), dtype=np.uint8))

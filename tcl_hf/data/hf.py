@@ -202,7 +202,7 @@ def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int, dsd: datas
         test_images, test_ok = decode_split(test, image_col, contract.eval_decoding, data_cfg.on_bad_image,
                                             data_cfg.max_image_pixels, "decoding test" if progress else None)
         if contract.mean is None:
-            contract = contract.with_stats(*channel_stats(train_images[train_ok]))
+            contract = contract.with_stats(*channel_stats(train_images, train_ok))
         train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)
     else:
         train_set = HFImages(train, image_col, contract.train_decoding, data_cfg.on_bad_image,

@@ -13,9 +13,10 @@ reference pipelines that read web crawls.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import io
+import math
 import os
 import stat
 
@@ -196,18 +197,43 @@ def decode_cell(cell: dict | str, decoding: Decoding, on_bad_image: str = "error
                             f"set data.on_bad_image=skip to leave such files out") from None
         return np.zeros((decoding.crop, decoding.crop, 3), dtype=np.uint8), False
 
-def decode_images(cells: Sequence[dict | str], decoding: Decoding, on_bad_image: str = "error",
-                  max_pixels: int = MAX_IMAGE_PIXELS, progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode a column of undecoded image cells into uint8 [N, 3, crop, crop] and an ok mask [N]; ``progress``
-    labels a progress bar (count and images/s: a large set takes minutes), None shows none."""
-    out = np.empty((len(cells), decoding.crop, decoding.crop, 3), dtype=np.uint8)
-    ok = np.ones(len(cells), dtype=bool)
-    shown = tqdm(cells, desc=progress, unit="img", disable=progress is None, dynamic_ncols=True)
-    for i, cell in enumerate(shown):
-        out[i], ok[i] = decode_cell(cell, decoding, on_bad_image, max_pixels)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(ok)
+def decode_images(cells: Iterable[dict | str], decoding: Decoding, on_bad_image: str = "error",
+                  max_pixels: int = MAX_IMAGE_PIXELS, progress: str | None = None,
+                  out: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a column of undecoded image cells into uint8 [N, 3, crop, crop] and an ok mask [N]: into ``out`` when
+    given (a memory-mapped file, say; then ``cells`` may be any iterable of len(out) cells). Each image goes straight
+    to its place in the final layout, so decoding holds the set once, never a second time in another layout.
+    ``progress`` labels a progress bar (count and images/s: a large set takes minutes), None shows none."""
+    if out is None:
+        out = np.empty((len(cells), 3, decoding.crop, decoding.crop), dtype=np.uint8)
+    ok = np.ones(len(out), dtype=bool)
+    count = 0
+    shown = tqdm(cells, total=len(out), desc=progress, unit="img", disable=progress is None, dynamic_ncols=True)
+    for count, cell in enumerate(shown, 1):
+        array, ok[count - 1] = decode_cell(cell, decoding, on_bad_image, max_pixels)
+        out[count - 1] = array.transpose(2, 0, 1)
+    if count != len(out):
+        raise ValueError(f"{count} image cells for {len(out)} images")
+    return torch.from_numpy(out), torch.from_numpy(ok)
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple, tuple]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
-    x = images.float().div(255.0)
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+def channel_stats(images: torch.Tensor, ok: torch.Tensor | None = None) -> tuple[tuple, tuple]:
+    """Per-channel mean and (unbiased) std of uint8 images [N, C, H, W] where ``ok``, in [0, 1] units (NaN for none).
+
+    From each channel's histogram of the 256 values, ~1 M pixels at a time: exact, and the set is never converted
+    (a float copy would hold four times its size, 16 GiB for a 4 GiB in-memory set) nor copied whole."""
+    chunk = max(1, 2**20 // max(images[0].numel(), 1)) if len(images) else 1
+    counts = torch.zeros(images.shape[1], 256, dtype=torch.int64)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start:start + chunk]
+        if ok is not None:
+            part = part[ok[start:start + chunk]]
+        for c in range(images.shape[1]):
+            counts[c] += torch.bincount(part[:, c].reshape(-1), minlength=256)
+    values = torch.arange(256, dtype=torch.int64)
+    # Python integers from here: the sum of squares minus the squared sum stays exact (no cancellation).
+    n = int(counts[0].sum())
+    if n < 2:
+        return (math.nan,) * images.shape[1], (math.nan,) * images.shape[1]
+    sums, squares = (counts * values).sum(dim=1).tolist(), (counts * values * values).sum(dim=1).tolist()
+    mean = tuple(s / n / 255.0 for s in sums)
+    return mean, tuple(math.sqrt((q * n - s * s) / (n * (n - 1))) / 255.0 for s, q in zip(sums, squares))
