@@ -7,7 +7,8 @@ finished run whose true labels are known.
 The run's newest checkpoint is reloaded and its EM step recomputed (as ``python -m tcl_hf.export`` does). For
 each candidate (higher = more suspect) it prints the noise AUC (noisy = positive), the precision among the k
 highest scores with k = the number of truly noisy labels, and how many distinct values the score takes (ties
-leave the order among them arbitrary):
+leave the order among them arbitrary), and ``flagged_first``: the share of the detector's flagged samples
+(clean_prob < 0.5) among as many top-ranked ones (1 = the ranking agrees with the ``is_noisy`` column):
 
 - ``1 - clean_prob``: the detector's GMM posterior (today's order);
 - ``gmm_log_odds``: log((1 - c) / c) of that posterior in float64 (saturates where c rounds to 0 or 1);
@@ -36,12 +37,13 @@ def candidates(clean_prob: np.ndarray, probs: np.ndarray, gamma: np.ndarray, giv
             "1 - gamma(given)": 1.0 - gamma[rows, given]}
 
 
-def measure(score: np.ndarray, noisy: np.ndarray) -> dict:
+def measure(score: np.ndarray, noisy: np.ndarray, flagged: np.ndarray) -> dict:
     k = int(noisy.sum())
     # A stable sort on -score keeps ties in row order: the arbitrary order a tied score leaves.
-    top = np.argsort(-score, kind="stable")[:k]
+    order = np.argsort(-score, kind="stable")
     return {"noise_auc": round(float(roc_auc_score(noisy, score)), 4),
-            "precision_at_k": round(float(noisy[top].mean()), 4), "k": k,
+            "precision_at_k": round(float(noisy[order[:k]].mean()), 4), "k": k,
+            "flagged_first": round(float(flagged[order[:int(flagged.sum())]].mean()), 4),
             "distinct_values": int(np.unique(score).size), "samples": int(len(score))}
 
 
@@ -57,7 +59,7 @@ def run_values(run_dir: Path) -> dict:
             raise SystemExit(f"{run_dir} has no checkpoint")
         trainer.detect_noise()
         keep = ~trainer.em.bad.cpu().numpy()
-        return {"clean_prob": trainer.state.confidences.numpy()[keep],
+        return {"epoch": trainer.state.epoch, "clean_prob": trainer.state.confidences.numpy()[keep],
                 "probs": trainer.em.probs.cpu().numpy()[keep].astype(np.float64),
                 "gamma": trainer.state.assignments.numpy()[keep].astype(np.float64),
                 "given": trainer.given_labels.cpu().numpy()[keep], "clean": trainer.clean_labels[keep]}
@@ -73,13 +75,16 @@ def main() -> None:
     values = run_values(args.run_dir)
     noisy = values["given"] != values["clean"]
     scores = candidates(values["clean_prob"], values["probs"], values["gamma"], values["given"])
-    results = {name: measure(score, noisy) for name, score in scores.items()}
+    flagged = values["clean_prob"] < 0.5
+    results = {name: measure(score, noisy, flagged) for name, score in scores.items()}
     for name, row in results.items():
         print(f"{name:>18}: AUC {row['noise_auc']:.4f}  precision@{row['k']} {row['precision_at_k']:.4f}  "
-              f"{row['distinct_values']} distinct of {row['samples']}")
+              f"flagged first {row['flagged_first']:.4f}  {row['distinct_values']} distinct of {row['samples']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"run": args.run_dir.name, "results": results}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"run": args.run_dir.name, "epoch": values["epoch"],
+                                         "saturated_below_1e-6": int((values["clean_prob"] < 1e-6).sum()),
+                                         "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

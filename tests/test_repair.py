@@ -409,7 +409,7 @@ def test_push_uploads_a_dataset_repo(digits_run, monkeypatch, tmp_path, capsys):
     assert create["repo_type"] == "dataset" and create["private"] is True and create["args"] == ("me/digits-repaired",)
     assert upload["repo_type"] == "dataset" and upload["repo_id"] == "me/digits-repaired"
     out = run_dir / REPAIRED_DIR
-    assert set(fake.uploaded) == {"README.md", "data/train-00000-of-00001.parquet"}
+    assert set(fake.uploaded) == {"README.md", "data/train-00000-of-00001.parquet", LABEL_REVIEW_FILE}
     assert fake.uploaded == {name: (out / name).read_bytes() for name in fake.uploaded}
     assert not any(str(tmp_path).encode() in content for content in fake.uploaded.values())
     assert b'load_dataset("me/digits-repaired"' in fake.uploaded["README.md"]
