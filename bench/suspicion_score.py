@@ -1,8 +1,8 @@
 """Which per-sample score orders the label report best: candidates for "most suspect first", measured on a
 finished run whose true labels are known.
 
-    python train.py recipes/quickstart.yaml output_dir=/tmp/rev_q log.progress=false
-    python bench/suspicion_score.py /tmp/rev_q [--out bench/results/suspicion_score_quickstart.json]
+    python train.py recipes/quickstart.yaml log.progress=false
+    python bench/suspicion_score.py runs/quickstart [--out bench/results/suspicion_score_quickstart.json]
 
 The run's newest checkpoint is reloaded and its EM step recomputed (as ``python -m tcl_hf.export`` does). For
 each candidate (higher = more suspect) it prints the noise AUC (noisy = positive), the precision among the k
