@@ -44,7 +44,7 @@ class TrainingSplit:
     given_column: str              # the column that holds the given label
     label_feature: object          # datasets feature of a class label (ClassLabel when the classes have names)
     source_rows: object = None     # hf formats: the split as loaded (for its Hub revision)
-    image_column: str = "image"     # the column of ``rows`` that holds the images
+    image_column: str = "image"    # the column of ``rows`` that holds the images
 
 
 @dataclass
