@@ -202,6 +202,7 @@ class LogConfig:
     progress: bool = option(True, help="progress bar on the main process")
     every: int = option(20, positive, "read the loss terms off the device every N steps: the progress bar, the "
                         "divergence check and a stop signal with several processes answer at that pace")
+    review_top: int = option(1000, positive, "label_issues.html shows the N most suspect training samples")
 
 
 @dataclass

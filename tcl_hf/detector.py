@@ -308,3 +308,12 @@ def prediction_confidences(p: torch.Tensor, labels: torch.Tensor, per_class: boo
     """Detector for the CE baseline: the same GMM on -p(given label), i.e. small-loss style."""
     scores = -p.float().gather(1, labels.view(-1, 1)).squeeze(1)
     return confidences_from_scores(scores, labels, per_class, p.shape[1], backend).float()
+
+
+
+def suspicion(alignment: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How suspect each given label is, to rank the label report (higher = more suspect): one minus the given
+    label's share of ``alignment`` [N, C] — TCL's soft assignments gamma, or the classifier's probabilities p for the
+    detectors on p. It is the score the clean posterior is fitted to (min-max scaled there), so it keeps the
+    detector's order, but it stays continuous where the posterior saturates at 0 or 1 (bench/suspicion_score.py)."""
+    return 1.0 - alignment.float().gather(1, labels.view(-1, 1).to(alignment.device)).squeeze(1)

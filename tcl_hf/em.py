@@ -20,6 +20,7 @@ class NoiseDetection:
         n, device = len(given), given.device
         self.probs = torch.zeros(n, feed.widths[1], device=device)   # the last EM step's predictions
         self.bad = torch.zeros(n, dtype=torch.bool, device=device)    # training images that could not be read
+        self.suspicion = torch.ones(n, device=device)                 # the last EM step's report order (detector)
         self.knn_bank: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, given labels) of the last EM step
         self.on_device: tuple[torch.Tensor, torch.Tensor] | None = None  # (confidences, prototypes) for the steps
         self.metrics: dict = {}
@@ -45,6 +46,7 @@ class NoiseDetection:
                                                                                                device=device)
         confidences[rows] = 0.0
         confidences[rows[good]] = found.confidences
+        self.suspicion[rows[good]] = found.suspicion.float()
         if found.prototypes is not None:
             st.prototypes = found.prototypes.cpu()
             st.assignments[rows.cpu()] = 0.0

@@ -34,6 +34,7 @@ class Published:
     hub_dir: Path
     label_issues: Path
     plots: list[Path]
+    review: Path          # label_issues.html
 
 
 # ---- Hub folder: weights, timm config, model card ----------------------------------------------------------
@@ -82,17 +83,21 @@ def publish_run(result: RunResult, *, repo_id: str | None = None) -> Published:
     ``repo_id`` only sets the card's loading example; pushing is ``tcl_hf.hub.push_folder``'s job.
     """
     from .report import label_issues, make_plots, write_label_issues
+    from .review import training_image, write_review_page
 
     out = result.output_dir
     hub_dir = export_hub_folder(result.model, result.prototypes, out / HUB_DIR, run_config=result.config,
                                 metrics=result.summary, label_names=result.class_names, contract=result.contract,
                                 repo_id=repo_id)
     # Unreadable images have no verdict; the report covers the samples the detector saw, by training row.
-    table = label_issues(result.given, result.predicted, result.clean_prob, result.clean, result.class_names)
+    table = label_issues(result.given, result.predicted, result.clean_prob, result.clean, result.class_names,
+                         suspicion=result.suspicion, sample_id=result.sample_id)
     table["index"] = result.index[table["index"].to_numpy()]
     issues = write_label_issues(out, table)
+    review = write_review_page(out, table, lambda row: training_image(result.images, row),
+                               top=result.config["log"]["review_top"], title=out.name)
     plots = make_plots(out, result.clean_prob, result.given, result.clean, result.class_names)
-    return Published(hub_dir, issues, plots)
+    return Published(hub_dir, issues, plots, review)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,7 +151,8 @@ def _export(args: argparse.Namespace) -> None:
     refuse_file_in_the_way(Path(args.run_dir) / HUB_DIR, "export", "move it aside and export again")
     result = finished_run(args.run_dir)
     published = publish_run(result, repo_id=args.push)
-    print(f"exported {published.hub_dir}, {published.label_issues} and {len(published.plots)} plot(s)")
+    print(f"exported {published.hub_dir}, {published.label_issues}, {published.review} and "
+          f"{len(published.plots)} plot(s)")
     warning = untrusted_outputs_line(summary_verdict(result.summary))
     if warning:
         print(warning)

@@ -25,7 +25,7 @@ def run_job(cfg: Config, keep_process_group: bool = False) -> dict:
     finally:
         trainer.close(published.plots if published else [])
     if published is not None:
-        acc.print(f"exported {published.hub_dir}; label report {published.label_issues}")
+        acc.print(f"exported {published.hub_dir}; label report {published.label_issues} and {published.review}")
         warning = untrusted_outputs_line(summary_verdict(summary))
         if warning:
             acc.print(warning)

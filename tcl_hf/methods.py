@@ -28,6 +28,7 @@ Gather = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class Detection:
     confidences: torch.Tensor                 # [N] posterior that each given label is clean
+    suspicion: torch.Tensor                   # [N] the score the posterior was fitted to, continuous (report order)
     prototypes: torch.Tensor | None = None    # [C, d] (TCL only)
     assignments: torch.Tensor | None = None   # [N, C] (TCL only)
 
@@ -121,7 +122,7 @@ class TCL(Method):
 
     def detect(self, z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> Detection:
         em = detector.em_step(z, p, labels, self.cfg.temperature, self.cfg.per_class_gmm, self.cfg.gmm_backend)
-        return Detection(em.confidences, em.prototypes, em.assignments)
+        return Detection(em.confidences, detector.suspicion(em.assignments, labels), em.prototypes, em.assignments)
 
 
 class CrossEntropy(Method):
@@ -136,7 +137,8 @@ class CrossEntropy(Method):
         return ce_loss(logits, batch.labels)
 
     def detect(self, z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> Detection:
-        return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm, self.gmm_backend))
+        return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm, self.gmm_backend),
+                         detector.suspicion(p, labels))
 
 
 class TCLPlus(Method):
@@ -183,7 +185,8 @@ class TCLPlus(Method):
 
     def detect(self, z: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> Detection:
         # The baseline's detector: the GMM on -p(given label), here of the (relabelled) labels it trains towards.
-        return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm, self.gmm_backend))
+        return Detection(detector.prediction_confidences(p, labels, self.per_class_gmm, self.gmm_backend),
+                         detector.suspicion(p, labels))
 
     def lr(self, scheduled: float, peak: float) -> float:
         return peak if self.plus.constant_lr else scheduled  # the reference's second stage keeps its lr

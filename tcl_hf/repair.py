@@ -194,6 +194,7 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
     from .card import public_config
     from .config import read_recipe
     from .report import load_label_issues
+    from .review import write_review_page
     from .repaired_dataset import is_repaired_folder, repaired_rows, training_split, verdicts, write_parquet
     from .rundir import RunLock
 
@@ -228,6 +229,9 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
             card = dataset_card(public_config(read_recipe(run_dir / CONFIG_FILE)), summary, split, found,
                                 drop_below, load_ref=repo_id or LOCAL_LOAD_REF, warnings=warnings)
             card.save(staging / "README.md")
+            # The images as the repaired dataset holds them: the file or stored image, not the run's decoded crop.
+            write_review_page(staging, issues, lambda row: split.rows[row][split.image_column],
+                              top=cfg.log.review_top, title=out.name)
             _replace(staging, out, Path(scratch) / "previous")
     finally:
         if lock is not None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import TCLError
+from .rundir import LABEL_REVIEW_FILE
 
 # The columns the repair adds; a source that already has one of them is refused rather than overwritten.
 TCL_LABEL, CLEAN_PROB, IS_NOISY = "tcl_label", "clean_prob", "is_noisy"
@@ -43,6 +44,7 @@ class TrainingSplit:
     given_column: str              # the column that holds the given label
     label_feature: object          # datasets feature of a class label (ClassLabel when the classes have names)
     source_rows: object = None     # hf formats: the split as loaded (for its Hub revision)
+    image_column: str = "image"    # the column of ``rows`` that holds the images
 
 
 @dataclass
@@ -101,7 +103,9 @@ def _hf_split(cfg, rows, given: np.ndarray, clean) -> TrainingSplit:
     if taken:
         raise TCLError(f"data.path: the dataset already has column(s) {', '.join(taken)}, which the repaired "
                        f"dataset adds; rename them in the source first")
-    return TrainingSplit(rows, given, clean, added, GIVEN_LABEL if added else label_column, feature, rows)
+    image_column = _pick_column(rows.features, cfg.data.image_column, "image", "data.image_column")
+    return TrainingSplit(rows, given, clean, added, GIVEN_LABEL if added else label_column, feature, rows,
+                         image_column)
 
 
 def hub_revision(rows) -> str | None:
@@ -217,4 +221,4 @@ def is_repaired_folder(folder: Path) -> bool:
         tags = DatasetCard.load(card).data.tags or []
     except Exception:  # a README that is not a dataset card: not ours
         return False
-    return REPAIR_TAG in tags and set(os.listdir(folder)) <= {"README.md", "data"}
+    return REPAIR_TAG in tags and set(os.listdir(folder)) <= {"README.md", "data", LABEL_REVIEW_FILE}

@@ -1,6 +1,6 @@
 """What a run found: the per-sample label-issue table and the plots that explain detection and training.
 
-``label_issues`` ranks every training sample by the detector's clean probability (most suspect first);
+``label_issues`` ranks every training sample by its suspicion score (most suspect first);
 ``make_plots`` draws the clean-probability distribution and the per-epoch curves of metrics.jsonl.
 """
 from __future__ import annotations
@@ -23,19 +23,29 @@ def _names_are_informative(class_names: list[str] | None) -> bool:
     return bool(class_names) and list(class_names) != [str(k) for k in range(len(class_names))]
 
 
-def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarray, clean: np.ndarray | None = None, class_names: list[str] | None = None) -> pd.DataFrame:
-    """One row per training sample, sorted by ``clean_prob`` ascending (ties by index).
+def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarray, clean: np.ndarray | None = None,
+                 class_names: list[str] | None = None, *, suspicion: np.ndarray | None = None,
+                 sample_id: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per training sample, most suspect first: sorted by ``suspicion`` descending (ties by index).
 
-    Columns: index (row of the training split), given_label, predicted_label, clean_prob, is_noisy
+    Columns: index (row of the training split), sample_id (the dataset's own id, when given), given_label,
+    predicted_label, suspicion (``detector.suspicion``; without it ``1 - clean_prob``), clean_prob, is_noisy
     (clean_prob < ``detector.CLEAN_THRESHOLD``), clean_label when known, and given_name/predicted_name/clean_name
     when the dataset names its classes.
     """
     given, predicted = np.asarray(given, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
     clean_prob = np.asarray(clean_prob, dtype=np.float64)
-    if not (len(given) == len(predicted) == len(clean_prob)) or (clean is not None and len(clean) != len(given)):
-        raise ValueError("given, predicted, clean_prob (and clean) must have one entry per training sample")
-    table = {"index": np.arange(len(given)), "given_label": given, "predicted_label": predicted,
-             "clean_prob": clean_prob, "is_noisy": clean_prob < detector.CLEAN_THRESHOLD}
+    suspicion = 1.0 - clean_prob if suspicion is None else np.asarray(suspicion, dtype=np.float64)
+    lengths = {len(given), len(predicted), len(clean_prob), len(suspicion)}
+    lengths |= {len(a) for a in (clean, sample_id) if a is not None}
+    if len(lengths) != 1:
+        raise ValueError("given, predicted, clean_prob (and suspicion, sample_id, clean) must have one entry per "
+                         "training sample")
+    table = {"index": np.arange(len(given))}
+    if sample_id is not None:
+        table["sample_id"] = np.asarray(sample_id)
+    table |= {"given_label": given, "predicted_label": predicted, "suspicion": suspicion, "clean_prob": clean_prob,
+              "is_noisy": clean_prob < detector.CLEAN_THRESHOLD}
     label_columns = ["given", "predicted"]
     if clean is not None:
         table["clean_label"] = np.asarray(clean, dtype=np.int64)
@@ -45,7 +55,8 @@ def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarra
         for column in label_columns:
             table[f"{column}_name"] = names[table[f"{column}_label"]]
     frame = pd.DataFrame(table)
-    return frame.sort_values(["clean_prob", "index"], kind="stable").reset_index(drop=True)
+    order = np.lexsort((frame["index"].to_numpy(), -suspicion))
+    return frame.iloc[order].reset_index(drop=True)
 
 
 def write_label_issues(output_dir: str | Path, issues: pd.DataFrame) -> Path:

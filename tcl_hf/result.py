@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from .data.contract import InputContract
 
@@ -25,3 +26,9 @@ class RunResult:
     clean: np.ndarray | None      # the true labels, when known
     class_names: list[str]
     contract: InputContract
+    # For the label review (tcl_hf/report.py, tcl_hf/review.py), one entry per row of ``index``: the score the report
+    # is ranked by (detector.suspicion) and the dataset's own id of each sample; ``images`` is the training split
+    # as the data bundle reads it (indexed by training row), for the review page's thumbnails.
+    suspicion: np.ndarray | None = None
+    sample_id: np.ndarray | None = None
+    images: Dataset | None = None

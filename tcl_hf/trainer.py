@@ -331,7 +331,9 @@ class Trainer:
                          index=np.flatnonzero(keep), given=self.given_labels.cpu().numpy()[keep],
                          predicted=self.em.probs.argmax(dim=1).cpu().numpy()[keep],
                          clean_prob=self.state.confidences.numpy()[keep], clean=clean,
-                         class_names=self.data.class_names, contract=self.data.contract)
+                         class_names=self.data.class_names, contract=self.data.contract,
+                         suspicion=self.em.suspicion.cpu().numpy()[keep],
+                         sample_id=self.data.train_ids(self.cfg.data.root)[keep], images=self.data.train)
 
     def close(self, plots: list[Path] = ()) -> None:
         """Send the run's plots to the tracker, end tracking and release the run folder."""

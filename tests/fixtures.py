@@ -205,3 +205,21 @@ def machine_paths() -> list[str]:
     import sys
 
     return [str(Path(__file__).resolve().parents[1]), sys.prefix, str(Path.home())]
+
+
+def review_data(page: Path) -> dict:
+    """The rows a label_issues.html embeds (tcl_hf/review.py), read back from the page's JSON."""
+    import json
+    import re
+
+    found = re.search(r'<script id="review-data" type="application/json">(.*?)</script>', page.read_text("utf-8"),
+                      re.S)
+    return json.loads(found.group(1))
+
+
+def thumbnail_pixels(uri: str) -> np.ndarray:
+    """A review thumbnail (base64 JPEG data URI) as an RGB array."""
+    import base64
+
+    assert uri.startswith("data:image/jpeg;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))

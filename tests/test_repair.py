@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import make_webvision, tiny_digits
+from fixtures import make_webvision, review_data, thumbnail_pixels, tiny_digits
 from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
 from PIL import Image
@@ -23,7 +23,8 @@ from tcl_hf.data.hf import digits_dataset_dict
 from tcl_hf.feeding.sampler import stratified_sample
 from tcl_hf.noise import symmetric_noise
 from tcl_hf.report import label_issues
-from tcl_hf.rundir import CONFIG_FILE, LABEL_ISSUES_FILE, REPAIRED_DIR, RUN_OUTPUTS, SUMMARY_FILE
+from tcl_hf.rundir import (CONFIG_FILE, LABEL_ISSUES_FILE, LABEL_REVIEW_FILE, REPAIRED_DIR, RUN_OUTPUTS,
+                          SUMMARY_FILE)
 
 LIMIT = 60
 UNREADABLE = (5, 17, 42)  # training rows the made-up run "could not read": no row in its report
@@ -117,6 +118,19 @@ def test_digits_round_trip_through_load_dataset(digits_run, capsys):
     for position in (0, 6, len(ds) - 1):
         row = int(want["index"][position])
         assert np.array_equal(np.asarray(ds[position]["image"]), np.asarray(source[row]["image"]))
+
+
+def test_repair_writes_the_review_page_of_the_report(digits_run):
+    run_dir, table, _, _ = digits_run
+    assert repair.main([str(run_dir)]) == 0
+    rows = review_data(run_dir / REPAIRED_DIR / LABEL_REVIEW_FILE)["rows"]
+    assert [r["row"] for r in rows] == table["index"].tolist()  # all 57 readable rows, most suspect first
+    assert [r["score"] for r in rows] == pytest.approx((1 - table["clean_prob"]).tolist())
+    source = digits_dataset_dict()["train"].select(drawn_rows())
+    for r in rows[:5]:
+        # The 64 px thumbnail, averaged back over each 8 x 8 block, is the digit's own 8 x 8 scan.
+        blocks = thumbnail_pixels(r["thumb"]).astype(float).mean(axis=2).reshape(8, 8, 8, 8).mean(axis=(1, 3))
+        assert np.abs(blocks - np.asarray(source[r["row"]]["image"], dtype=float)).max() < 12
 
 
 def test_drop_below_leaves_out_exactly_the_rows_below(digits_run):
@@ -395,7 +409,7 @@ def test_push_uploads_a_dataset_repo(digits_run, monkeypatch, tmp_path, capsys):
     assert create["repo_type"] == "dataset" and create["private"] is True and create["args"] == ("me/digits-repaired",)
     assert upload["repo_type"] == "dataset" and upload["repo_id"] == "me/digits-repaired"
     out = run_dir / REPAIRED_DIR
-    assert set(fake.uploaded) == {"README.md", "data/train-00000-of-00001.parquet"}
+    assert set(fake.uploaded) == {"README.md", "data/train-00000-of-00001.parquet", LABEL_REVIEW_FILE}
     assert fake.uploaded == {name: (out / name).read_bytes() for name in fake.uploaded}
     assert not any(str(tmp_path).encode() in content for content in fake.uploaded.values())
     assert b'load_dataset("me/digits-repaired"' in fake.uploaded["README.md"]
@@ -461,3 +475,13 @@ def test_repair_of_a_trained_run_matches_its_report(trained_run, capsys):
     assert files_containing(out, str(trained_run.parent)) == []
     summary = json.loads((trained_run / SUMMARY_FILE).read_text())
     assert f"| {summary['noise_auc']:.4f} |" in DatasetCard.load(out / "README.md").text
+
+
+@pytest.mark.slow
+def test_a_trained_run_reports_ids_scores_and_the_review_page(trained_run):
+    report = pd.read_csv(trained_run / LABEL_ISSUES_FILE)
+    drawn = stratified_sample(np.asarray(digits_dataset_dict()["train"]["label"]), 64, seed=0)
+    assert report["sample_id"].tolist() == drawn[report["index"]].tolist()  # the digits' row before data.limit
+    assert report["suspicion"].is_monotonic_decreasing and report["suspicion"].between(0, 1).all()
+    rows = review_data(trained_run / LABEL_REVIEW_FILE)["rows"]
+    assert [r["id"] for r in rows] == [str(v) for v in report["sample_id"]]

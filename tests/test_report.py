@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from tcl_hf import report
 from tcl_hf.errors import TCLError
 
-BASE_COLUMNS = ["index", "given_label", "predicted_label", "clean_prob", "is_noisy"]
+BASE_COLUMNS = ["index", "given_label", "predicted_label", "suspicion", "clean_prob", "is_noisy"]
 
 
 def noisy_run(n: int = 60, classes: int = 3, seed: int = 0):
@@ -105,6 +105,49 @@ def test_numeric_names_and_unknown_clean_labels_add_no_columns():
     assert list(issues.columns) == BASE_COLUMNS
 
 
+def softmax_run(n: int = 50, classes: int = 4, seed: int = 0):
+    """Softmax outputs with some rows repeated (equal scores), their labels, and a near-binary clean_prob."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, classes))
+    logits[n // 2:n // 2 + 5] = logits[0]  # five exact ties with row 0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    given = rng.integers(0, classes, n)
+    given[n // 2:n // 2 + 5] = given[0]
+    clean_prob = np.where(rng.random(n) < 0.4, 0.0, 1.0)  # as saturated as the GMM's posterior
+    return probs, given, clean_prob
+
+
+def test_suspicion_is_one_minus_the_probability_of_the_given_label():
+    import torch
+
+    from tcl_hf import detector
+
+    probs, given, _ = softmax_run()
+    want = [1.0 - probs[i][given[i]] for i in range(len(given))]
+    got = detector.suspicion(torch.tensor(probs, dtype=torch.float32), torch.tensor(given))
+    assert got.numpy() == pytest.approx(want, abs=1e-6)
+
+
+def test_report_is_ranked_by_suspicion_with_ties_by_index():
+    probs, given, clean_prob = softmax_run()
+    score = np.array([1.0 - probs[i][given[i]] for i in range(len(given))])
+    issues = report.label_issues(given, probs.argmax(axis=1), clean_prob, suspicion=score)
+    want = sorted(range(len(given)), key=lambda i: (-score[i], i))
+    assert issues["index"].tolist() == want
+    assert issues["suspicion"].tolist() == [score[i] for i in want]
+    assert issues["clean_prob"].tolist() == [clean_prob[i] for i in want]  # each row keeps its own verdict
+    tied = [i for i in want if score[i] == score[0]]
+    assert tied == [0, *range(25, 30)]
+
+
+def test_sample_ids_follow_their_rows():
+    probs, given, clean_prob = softmax_run(n=12)
+    ids = np.array([f"img_{k:03d}.png" for k in range(12)], dtype=object)
+    issues = report.label_issues(given, probs.argmax(axis=1), clean_prob, suspicion=1 - clean_prob, sample_id=ids)
+    assert list(issues.columns[:3]) == ["index", "sample_id", "given_label"]
+    assert issues["sample_id"].tolist() == [f"img_{k:03d}.png" for k in issues["index"]]
+
+
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="one entry per training sample"):
         report.label_issues([0, 1], [0], [0.1, 0.9])
@@ -176,3 +219,23 @@ def test_read_metrics_leaves_out_a_torn_last_line(tmp_path):
 def test_series_leaves_out_epochs_without_a_value():
     records = [{"epoch": 1, "noise_auc": None}, {"epoch": 2, "noise_auc": 0.7}, {"epoch": 3}]
     assert report._series(records, "noise_auc") == ([2], [0.7])
+
+
+@pytest.mark.parametrize("method", ["tcl", "ce"])
+def test_each_detector_reports_one_minus_its_own_score_of_the_given_label(method):
+    """TCL's GMM is fitted to the given label's soft assignment gamma, CE's to its probability p: the report's
+    suspicion is one minus that value, so it keeps the detector's order and stays continuous."""
+    import torch
+
+    from tcl_hf.config import load_config
+    from tcl_hf.methods import create_method
+
+    gen = torch.Generator().manual_seed(1)
+    z = torch.nn.functional.normalize(torch.randn(40, 8, generator=gen), dim=1)
+    p = torch.softmax(3 * torch.randn(40, 4, generator=gen), dim=1)
+    labels = torch.randint(0, 4, (40,), generator=gen)
+    found = create_method(load_config(None, [f"method={method}"]), gather=None).detect(z, p, labels)
+    alignment = found.assignments if method == "tcl" else p
+    want = [1.0 - float(alignment[i, labels[i]]) for i in range(40)]
+    assert found.suspicion.tolist() == pytest.approx(want, abs=1e-6)
+    assert len(set(found.suspicion.tolist())) == 40

@@ -1,6 +1,7 @@
 """What a loaded dataset is for the trainer: the splits, their labels and the input contract."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,14 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset, Sampler
 
     from .contract import InputContract
+
+# The column a 🤗 dataset names its samples by, when it has one.
+ID_COLUMN = "id"
+
+
+def _is_under(path: str, root: str) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root)
+
 
 @dataclass
 class DataBundle:
@@ -42,6 +51,20 @@ class DataBundle:
         counts = {f"{name}_samples": size - bad.get(name, 0) for name, size in sizes.items()}
         unlabelled = {"unlabelled": self.unlabelled} if self.unlabelled else {}
         return {**counts, "bad_images": sum(bad.values()), **unlabelled}
+
+    def train_ids(self, root: str | None = None) -> np.ndarray:
+        """The dataset's own name for each training row: the file path (relative to ``root`` when under it) for
+        file lists, else the split's ``id`` column, else the row of the full split (``data.limit`` draws rows)."""
+        paths = getattr(self.train, "path", None)
+        if paths is not None:
+            names = [paths(i) for i in range(len(self.train))]
+            if root:
+                names = [os.path.relpath(name, root) if _is_under(name, root) else name for name in names]
+            return np.asarray(names, dtype=object)
+        rows = self.train_rows
+        if rows is not None and ID_COLUMN in getattr(rows, "column_names", ()):
+            return np.asarray(rows[ID_COLUMN], dtype=object)
+        return self.train_indices if self.train_indices is not None else np.arange(len(self.train))
 
 
 def check_class_count(declared: int | None, found: int, where: str) -> None:

@@ -14,10 +14,10 @@ from .folder import (OUTCOME_NEUTRAL, append_metrics, check_reuse, check_writabl
                      existing_outputs, read_metrics, read_saved_config, run_differences, trim_metrics)
 from .lock import RunLock, lock_run_folder, shared_run_lock
 from .marker import mark_run
-from .names import (CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, LABEL_ISSUES_FILE, LOCK_FILE, MANIFEST_FILE, METRICS_FILE,
-                    PLOTS_DIR, REPAIRED_DIR, RUN_MARKER_FILE, RUN_OUTPUTS, SUMMARY_FILE)
+from .names import (CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, LABEL_ISSUES_FILE, LABEL_REVIEW_FILE, LOCK_FILE,
+                    MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, REPAIRED_DIR, RUN_MARKER_FILE, RUN_OUTPUTS, SUMMARY_FILE)
 
-__all__ = ["OUTCOME_NEUTRAL", "CHECKPOINTS_DIR", "CONFIG_FILE", "HUB_DIR", "LABEL_ISSUES_FILE", "LOCK_FILE", "MANIFEST_FILE",
+__all__ = ["OUTCOME_NEUTRAL", "CHECKPOINTS_DIR", "CONFIG_FILE", "HUB_DIR", "LABEL_ISSUES_FILE", "LABEL_REVIEW_FILE", "LOCK_FILE", "MANIFEST_FILE",
            "METRICS_FILE", "PLOTS_DIR", "REPAIRED_DIR", "RUN_MARKER_FILE", "RUN_OUTPUTS", "SUMMARY_FILE", "RunLock",
            "append_metrics", "atomic_write_text",
            "check_reuse", "check_writable", "checkpoint_dirs", "checkpoint_name", "checkpoint_problem",

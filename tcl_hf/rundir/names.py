@@ -8,6 +8,8 @@ SUMMARY_FILE = "summary.json"
 
 LABEL_ISSUES_FILE = "label_issues.csv"
 
+LABEL_REVIEW_FILE = "label_issues.html"  # the report's most suspect images, a page to look at
+
 CHECKPOINTS_DIR = "checkpoints"
 
 HUB_DIR = "hub"
@@ -28,8 +30,8 @@ REPAIRED_DIR = "repaired"  # the training split with corrected labels (python -m
 # Where a run writes; `overwrite=true` removes, under these names only, the files the marker lists and the
 # checkpoints, nothing else the folder holds. The repaired dataset is derived from label_issues.csv: beside a new
 # run's report it would be another run's labels.
-RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, LABEL_ISSUES_FILE, CHECKPOINTS_DIR, HUB_DIR, PLOTS_DIR,
-               REPAIRED_DIR)
+RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, LABEL_ISSUES_FILE, LABEL_REVIEW_FILE, CHECKPOINTS_DIR, HUB_DIR,
+               PLOTS_DIR, REPAIRED_DIR)
 
 # The files the trainer writes itself, listed in the marker when the run starts (the rest when it releases the lock).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)
