@@ -80,7 +80,8 @@ def publish_run(result: RunResult, *, repo_id: str | None = None) -> Published:
                                 metrics=result.summary, label_names=result.class_names, contract=result.contract,
                                 repo_id=repo_id)
     # Unreadable images have no verdict; the report covers the samples the detector saw, by training row.
-    table = label_issues(result.given, result.predicted, result.clean_prob, result.clean, result.class_names)
+    table = label_issues(result.given, result.predicted, result.clean_prob, result.clean, result.class_names,
+                         trained=result.trained)
     table["index"] = result.index[table["index"].to_numpy()]
     issues = write_label_issues(out, table)
     plots = make_plots(out, result.clean_prob, result.given, result.clean, result.class_names)

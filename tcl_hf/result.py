@@ -25,3 +25,4 @@ class RunResult:
     clean: np.ndarray | None      # the true labels, when known
     class_names: list[str]
     contract: InputContract
+    trained: np.ndarray | None = None  # the labels it trained on in place of the given ones (TCL+), if any

@@ -26,6 +26,7 @@ from .errors import StopRequested, TCLError
 from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
 from .feed import Feed
+from .floats import tidy
 from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
@@ -294,10 +295,10 @@ class Trainer:
             if cfg.tcl.em_subset:
                 self.save_checkpoint()  # the checkpoint TCL+ relabels from must hold this last, full EM step
         st.wall_seconds = wall_before + time.perf_counter() - started
-        summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
-                   "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
-                   **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes,
-                   **self.health.summary()}
+        summary = tidy({**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
+                        "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
+                        **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes,
+                        **self.health.summary()})
         if acc.is_main_process:
             rundir.atomic_write_text(self.output_dir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         acc.print(f"done: {format_record(summary)}")
@@ -328,7 +329,8 @@ class Trainer:
                          index=np.flatnonzero(keep), given=self.given_labels.cpu().numpy()[keep],
                          predicted=self.em.probs.argmax(dim=1).cpu().numpy()[keep],
                          clean_prob=self.state.confidences.numpy()[keep], clean=clean,
-                         class_names=self.data.class_names, contract=self.data.contract)
+                         class_names=self.data.class_names, contract=self.data.contract,
+                         trained=None if (t := self.method.trained_labels) is None else t.cpu().numpy()[keep])
 
     def close(self, plots: list[Path] = ()) -> None:
         """Send the run's plots to the tracker, end tracking and release the run folder."""
