@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from . import detector
 from .data.hf import is_local_path
 from .data.registry import DEFAULT_SOURCE, get_source
+from .floats import tidy_float
 from .models import ARCHITECTURE
 from .tcl_state import TCL_CONFIG, TCL_WEIGHTS
 from .verdict import summary_verdict, verdict_explained
@@ -72,7 +73,7 @@ def noise_description(noise: dict) -> str:
 
 def _value(metrics: dict, key: str) -> float | None:
     value = metrics.get(key)
-    return float(value) if isinstance(value, (int, float)) else None
+    return tidy_float(float(value)) if isinstance(value, (int, float)) else None
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -61,11 +62,30 @@ def any_process(flag: bool, accelerator: Accelerator) -> bool:
     return bool(total > 0)
 
 
-def check_launch(accelerator: Accelerator) -> None:
-    """A launcher that started several processes which accelerate sees as one each (plain ``torchrun`` on a
-    CPU-only machine) would give N independent runs fighting over one folder: say how to launch instead."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and accelerator.num_processes == 1:
-        raise TCLError(f"the launcher started {world} processes but accelerate sees each as a run of its own; "
-                       "on a CPU-only machine use `accelerate launch --cpu --num_processes N` (or set "
-                       "ACCELERATE_USE_CPU=true)")
+# How several processes on CPUs are launched: accelerate's ``--cpu`` uses its one-process launcher (which honours
+# ``--num_processes`` only through an MPI hostfile), while ``--multi_gpu`` starts them with torchrun and
+# ACCELERATE_USE_CPU makes each a gloo process on the CPU.
+CPU_LAUNCH = "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {n}"
+
+# The process-count variables of torchrun and of MPI launchers, as accelerate reads them.
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def check_launch(accelerator: Accelerator, env: Mapping[str, str] = os.environ) -> None:
+    """Stop a launch that runs fewer processes than it was asked for, before it trains alone.
+
+    Two ways it happens. A launcher started N processes which accelerate sees as one each (plain ``torchrun`` on
+    a CPU-only machine): N independent runs would fight over one folder. Or ``accelerate launch --num_processes
+    N`` took its one-process launcher (``--cpu``, or fewer than two GPUs): it sets the rendezvous port (only when
+    N > 1) but no world size, and started this process alone."""
+    world = max(int(env.get(name) or 1) for name in _WORLD_SIZE_VARS)
+    seen = accelerator.num_processes
+    if world > seen:
+        raise TCLError(f"the launcher started {world} processes but accelerate sees {seen}; on a CPU-only machine "
+                       f"launch with `{CPU_LAUNCH.format(n=world)}`")
+    # Every `accelerate launch` sets ACCELERATE_DYNAMO_BACKEND; only its one-process launcher sets no world size.
+    one_process_launcher = "ACCELERATE_DYNAMO_BACKEND" in env and not any(name in env for name in _WORLD_SIZE_VARS)
+    if one_process_launcher and "MASTER_PORT" in env and seen == 1:
+        raise TCLError("`accelerate launch` was asked for several processes but started only this one (its --cpu, "
+                       "and a machine with fewer than two GPUs, run one); on CPUs launch with "
+                       f"`{CPU_LAUNCH.format(n='N')}`")

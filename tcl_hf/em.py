@@ -61,10 +61,10 @@ class NoiseDetection:
         self.knn_bank = (feats.z[good], self.given[rows][good])
         keep = usable.cpu().numpy()
         clean = self.clean[keep] if self.clean is not None else None
-        # Scored labels: the model's predictions, or a method's own corrected labels (TCL+'s relabelling).
-        scored = self.method.report_labels if self.method.report_labels is not None else self.probs.argmax(dim=1)
+        trained = self.method.trained_labels
         self.metrics = detection_metrics(st.confidences.numpy()[keep], self.given.cpu().numpy()[keep], clean,
-                                         scored.cpu().numpy()[keep])
+                                         self.probs.argmax(dim=1).cpu().numpy()[keep],
+                                         trained.cpu().numpy()[keep] if trained is not None else None)
         return self.metrics
 
     def restore(self) -> None:

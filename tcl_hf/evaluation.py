@@ -39,8 +39,10 @@ def topk_accuracy(p: torch.Tensor, labels: torch.Tensor, name: str) -> dict[str,
 
 
 def detection_metrics(confidences: np.ndarray, given: np.ndarray, clean: np.ndarray | None,
-                      predictions: np.ndarray) -> dict[str, float | None]:
-    """Noise-detection quality; noisy = positive class, flagged when confidence < CLEAN_THRESHOLD."""
+                      predictions: np.ndarray, trained: np.ndarray | None = None) -> dict[str, float | None]:
+    """Noise-detection quality; noisy = positive class, flagged when confidence < CLEAN_THRESHOLD. ``label_acc``
+    scores the network's ``predictions`` on the training set; ``relabel_acc`` the labels a method ``trained`` on
+    in place of the given ones (TCL+'s relabelling), when it has such."""
     out: dict[str, float | None] = {"clean_ratio_est": float(np.mean(confidences > CLEAN_THRESHOLD))}
     if clean is None:
         return out
@@ -54,6 +56,8 @@ def detection_metrics(confidences: np.ndarray, given: np.ndarray, clean: np.ndar
     out["noise_recall"] = float(recall_score(is_noisy, flagged, zero_division=0)) if is_noisy.any() else None
     out["noise_acc"] = float(np.mean(flagged == is_noisy))
     out["label_acc"] = float(np.mean(predictions == clean))
+    if trained is not None:
+        out["relabel_acc"] = float(np.mean(trained == clean))
     return out
 
 

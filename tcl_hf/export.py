@@ -91,7 +91,7 @@ def publish_run(result: RunResult, *, repo_id: str | None = None) -> Published:
                                 repo_id=repo_id)
     # Unreadable images have no verdict; the report covers the samples the detector saw, by training row.
     table = label_issues(result.given, result.predicted, result.clean_prob, result.clean, result.class_names,
-                         suspicion=result.suspicion, sample_id=result.sample_id)
+                         suspicion=result.suspicion, sample_id=result.sample_id, trained=result.trained)
     table["index"] = result.index[table["index"].to_numpy()]
     issues = write_label_issues(out, table)
     review = write_review_page(out, table, lambda row: training_image(result.images, row),

@@ -60,7 +60,8 @@ class Method:
     # It starts from a finished TCL run (init.from, tcl_hf/plus.py) rather than from a fresh network.
     starts_from_run: ClassVar[bool] = False
 
-    report_labels: torch.Tensor | None = None  # labels the detection metrics score (None: the model's predictions)
+    # The labels it trains towards in place of the given ones (TCL+'s relabelling; None: the given labels).
+    trained_labels: torch.Tensor | None = None
 
     def __init__(self, warmup_epochs: int | str):
         self.warmup_epochs = warmup_epochs
@@ -151,7 +152,7 @@ class TCLPlus(Method):
 
     def __init__(self, cfg, model: torch.nn.Module, relabelled: torch.Tensor):
         super().__init__(0)
-        self.plus, self.alpha, self.report_labels = cfg.plus, cfg.tcl.mixup_alpha, relabelled
+        self.plus, self.alpha, self.trained_labels = cfg.plus, cfg.tcl.mixup_alpha, relabelled
         self.per_class_gmm, self.gmm_backend = cfg.tcl.per_class_gmm, cfg.tcl.gmm_backend
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self._teach_mode()

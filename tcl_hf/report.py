@@ -25,13 +25,14 @@ def _names_are_informative(class_names: list[str] | None) -> bool:
 
 def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarray, clean: np.ndarray | None = None,
                  class_names: list[str] | None = None, *, suspicion: np.ndarray | None = None,
-                 sample_id: np.ndarray | None = None) -> pd.DataFrame:
+                 sample_id: np.ndarray | None = None, trained: np.ndarray | None = None) -> pd.DataFrame:
     """One row per training sample, most suspect first: sorted by ``suspicion`` descending (ties by index).
 
     Columns: index (row of the training split), sample_id (the dataset's own id, when given), given_label,
     predicted_label, suspicion (``detector.suspicion``; without it ``1 - clean_prob``), clean_prob, is_noisy
-    (clean_prob < ``detector.CLEAN_THRESHOLD``), clean_label when known, and given_name/predicted_name/clean_name
-    when the dataset names its classes.
+    (clean_prob < ``detector.CLEAN_THRESHOLD``), trained_label when the method trained on other labels than the
+    given ones (TCL+'s relabelled), clean_label when known, and the ``*_name`` of each label column when the
+    dataset names its classes.
     """
     given, predicted = np.asarray(given, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
     clean_prob = np.asarray(clean_prob, dtype=np.float64)
@@ -47,6 +48,9 @@ def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarra
     table |= {"given_label": given, "predicted_label": predicted, "suspicion": suspicion, "clean_prob": clean_prob,
               "is_noisy": clean_prob < detector.CLEAN_THRESHOLD}
     label_columns = ["given", "predicted"]
+    if trained is not None:
+        table["trained_label"] = np.asarray(trained, dtype=np.int64)
+        label_columns.append("trained")
     if clean is not None:
         table["clean_label"] = np.asarray(clean, dtype=np.int64)
         label_columns.append("clean")

@@ -32,3 +32,4 @@ class RunResult:
     suspicion: np.ndarray | None = None
     sample_id: np.ndarray | None = None
     images: Dataset | None = None
+    trained: np.ndarray | None = None  # the labels it trained on in place of the given ones (TCL+), if any

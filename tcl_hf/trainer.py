@@ -26,6 +26,7 @@ from .errors import StopRequested, TCLError
 from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
 from .feeding.feed import Feed
+from .floats import tidy
 from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
@@ -297,10 +298,10 @@ class Trainer:
             if cfg.tcl.em_subset:
                 self.save_checkpoint()  # the checkpoint TCL+ relabels from must hold this last, full EM step
         st.wall_seconds = wall_before + time.perf_counter() - started
-        summary = {**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
-                   "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
-                   **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes,
-                   **self.health.summary()}
+        summary = tidy({**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
+                        "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,
+                        **self.data.sample_counts(self.bad_counts), "num_processes": acc.num_processes,
+                        **self.health.summary()})
         if acc.is_main_process:
             rundir.atomic_write_text(self.output_dir / rundir.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         acc.print(f"done: {format_record(summary)}")
@@ -333,7 +334,8 @@ class Trainer:
                          clean_prob=self.state.confidences.numpy()[keep], clean=clean,
                          class_names=self.data.class_names, contract=self.data.contract,
                          suspicion=self.em.suspicion.cpu().numpy()[keep],
-                         sample_id=self.data.train_ids(self.cfg.data.root)[keep], images=self.data.train)
+                         sample_id=self.data.train_ids(self.cfg.data.root)[keep], images=self.data.train,
+                         trained=None if (t := self.method.trained_labels) is None else t.cpu().numpy()[keep])
 
     def close(self, plots: list[Path] = ()) -> None:
         """Send the run's plots to the tracker, end tracking and release the run folder."""

@@ -28,6 +28,12 @@ def tiny_digits(*changes: str) -> list[str]:
     return [*(o for o in TINY_DIGITS if o.split("=", 1)[0] not in changed), *changes]
 
 
+def significant_digits(value: float) -> int:
+    """How many significant digits ``repr`` shows (0.05000000074505806: 16)."""
+    mantissa = repr(abs(value)).split("e")[0].replace(".", "").lstrip("0")
+    return len(mantissa)
+
+
 SIZES = ((40, 30), (30, 52), (64, 64), (23, 41), (90, 25))
 CLOTHING_NAMES = ("T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
                   "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear")

@@ -7,16 +7,21 @@ and an accelerate state that makes both children believe they are rank 0 of 1.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fixtures import tiny_digits
 
 # Every test here trains or launches processes: left out of the quick inner loop (pytest -m "not slow").
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 # (name, data.limit, sync_bn, training steps): 96 samples split evenly over 2 processes x eval batches
 # of 16, 101 do not (the sampler pads with repeats that must be dropped); the last keeps sync_bn's default.
@@ -230,19 +235,70 @@ def test_default_sync_bn_works_on_cpu_processes(launched):
 
 
 
-@pytest.mark.parametrize("world, seen, refused", [("2", 1, True), ("2", 2, False), ("1", 1, False), ("", 1, False)])
-def test_a_launch_accelerate_does_not_see_is_refused_in_one_line(world, seen, refused, monkeypatch):
+# What each launcher leaves in the environment (read from accelerate's launch code and checked by
+# hand): torchrun sets WORLD_SIZE; every `accelerate launch` sets ACCELERATE_DYNAMO_BACKEND, and its one-process
+# launcher (`--cpu`) sets MASTER_PORT only when asked for --num_processes > 1.
+ONE_PROCESS_LAUNCHER_OF_2 = {"ACCELERATE_USE_CPU": "True", "ACCELERATE_DYNAMO_BACKEND": "NO",
+                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+LAUNCH_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", *ONE_PROCESS_LAUNCHER_OF_2)
+
+
+@pytest.mark.parametrize("env, seen, refused", [
+    ({"WORLD_SIZE": "2"}, 1, True), ({"WORLD_SIZE": "2"}, 2, False), ({"WORLD_SIZE": "4"}, 2, True),
+    ({"WORLD_SIZE": "1"}, 1, False), ({"WORLD_SIZE": ""}, 1, False), ({}, 1, False),
+    (ONE_PROCESS_LAUNCHER_OF_2, 1, True),
+    ({k: v for k, v in ONE_PROCESS_LAUNCHER_OF_2.items() if not k.startswith("MASTER")}, 1, False),  # --cpu alone
+    ({"MASTER_PORT": "29500"}, 1, False),                    # a stray port in a plain `python train.py`
+    ({**ONE_PROCESS_LAUNCHER_OF_2, "WORLD_SIZE": "2"}, 2, False)])  # the README's launch
+def test_a_launch_of_fewer_processes_than_asked_is_refused_in_one_line(env, seen, refused, monkeypatch):
     from types import SimpleNamespace
 
-    from tcl_hf.distributed import check_launch
+    from tcl_hf.distributed import CPU_LAUNCH, check_launch
     from tcl_hf.errors import TCLError
 
-    monkeypatch.setenv("WORLD_SIZE", world)
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     if refused:
-        with pytest.raises(TCLError, match="accelerate launch --cpu"):
+        with pytest.raises(TCLError, match=re.escape(CPU_LAUNCH.split("{")[0])) as caught:
             check_launch(SimpleNamespace(num_processes=seen))
+        assert "\n" not in str(caught.value)
     else:
         check_launch(SimpleNamespace(num_processes=seen))
+
+
+def _accelerate_launch(command: str, tmp_path: Path, name: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``command`` (``VAR=value ... accelerate launch ...``) on train.py with the tests' tiny config."""
+    *assignments, program = shlex.split(command.split(" launch ")[0])
+    env = {**os.environ, **dict(a.split("=", 1) for a in assignments), "HF_HUB_OFFLINE": "1",
+           "WANDB_MODE": "disabled"}
+    out = tmp_path / name
+    args = [str(Path(sys.executable).parent / program), "launch", *shlex.split(command.split(" launch ", 1)[1]),
+            "train.py", *tiny_digits("train.epochs=1", f"output_dir={out}")]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    return proc, out
+
+
+def test_the_readme_cpu_launch_runs_two_processes(tmp_path):
+    from tcl_hf.distributed import CPU_LAUNCH
+
+    command = CPU_LAUNCH.format(n=2)
+    assert command in (REPO / "README.md").read_text()
+    proc, out = _accelerate_launch(command, tmp_path, "run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["num_processes"] == 2
+
+
+def test_accelerate_cpu_launch_of_two_stops_in_one_line(tmp_path):
+    # `--cpu --num_processes 2` takes accelerate's one-process launcher: it used to train one process, exit 0.
+    from tcl_hf.distributed import CPU_LAUNCH
+
+    proc, out = _accelerate_launch("accelerate launch --cpu --num_processes 2", tmp_path, "run")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    # accelerate launch exits 1 when its child fails (train.py itself exits 2)
+    assert proc.returncode != 0 and len(errors) == 1 and CPU_LAUNCH.format(n="N") in errors[0]
+    assert not (out / "summary.json").exists()
 
 
 if __name__ == "__main__":

@@ -99,6 +99,19 @@ def test_names_are_added_when_the_dataset_has_them():
         assert issues[f"{column}_name"].tolist() == [names[k] for k in issues[f"{column}_label"]]
 
 
+def test_the_labels_a_method_trained_on_stand_beside_the_given_ones():
+    # TCL+ trains on relabelled labels: the report shows them (and their names) for each sample.
+    given, predicted, clean_prob, clean = noisy_run(n=20)
+    trained = (given + np.arange(20) % 2) % 3
+    names = ["cat", "dog", "frog"]
+    issues = report.label_issues(given, predicted, clean_prob, clean, class_names=names, trained=trained)
+    idx = issues["index"].to_numpy()
+    assert np.array_equal(issues["trained_label"], trained[idx])
+    assert np.array_equal(issues["given_label"], given[idx])
+    assert issues["trained_name"].tolist() == [names[k] for k in trained[idx]]
+    assert "trained_label" not in report.label_issues(given, predicted, clean_prob, clean)
+
+
 def test_numeric_names_and_unknown_clean_labels_add_no_columns():
     given, predicted, clean_prob, _ = noisy_run(n=20)
     issues = report.label_issues(given, predicted, clean_prob, None, class_names=["0", "1", "2"])

@@ -8,7 +8,8 @@ from unittest import mock
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
-from fixtures import files_naming, machine_paths
+from fixtures import files_naming, machine_paths, significant_digits
+from huggingface_hub import ModelCard
 
 from tcl_hf import trainer as trainer_module
 from tcl_hf.config import load_config
@@ -38,6 +39,19 @@ def test_max_steps_stops_mid_epoch_and_still_writes_everything(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "label_issues.csv", "hub/model.safetensors"):
         assert (tmp_path / name).exists(), name
     assert summary["noise_auc"] is not None and 0 <= summary["test_acc"] <= 1
+
+
+def test_a_run_writes_its_numbers_without_float32_noise(tmp_path):
+    # Losses and accuracies come from float32 tensors: written as converted, 0.05 read 0.05000000074505806.
+    summary = run_job(load_config(None, [*TINY, "train.epochs=1", "train.max_steps=2", f"output_dir={tmp_path}"]))
+    written = json.loads((tmp_path / "summary.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    card = ModelCard.load(tmp_path / "hub" / "README.md").data.eval_results
+    floats = [v for r in (written, *records) for v in r.values() if isinstance(v, float)]
+    floats += [r.metric_value for r in card]
+    assert len(floats) > 10 and any(v != 0 and v != 1 for v in floats)
+    assert [v for v in floats if significant_digits(v) > 7 or str(v) == "-0.0"] == []
+    assert written == summary  # the run hands back what it wrote
 
 
 def test_ce_baseline_trains_with_noisy_labels_only(tmp_path):

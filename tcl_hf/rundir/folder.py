@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import flatten, read_recipe
 from ..errors import ConfigError, TCLError
+from ..floats import tidy
 from .checkpoints import checkpoint_entries
 from .files import append_line, atomic_write_text
 from .marker import owned_file, read_marker
@@ -138,7 +139,7 @@ def clear_previous_outputs(output_dir: Path) -> None:
 # ---- metrics.jsonl ---------------------------------------------------------------------------------
 def append_metrics(output_dir: Path, record: dict) -> None:
     """One JSON line per call, written with a single append: a kill leaves whole lines, or a torn last one."""
-    append_line(Path(output_dir) / METRICS_FILE, json.dumps(record))
+    append_line(Path(output_dir) / METRICS_FILE, json.dumps(tidy(record)))
 
 def read_metrics(output_dir: Path) -> list[dict]:
     """The per-epoch records; a torn last line (a kill during the write) is left out, damage elsewhere
@@ -164,4 +165,4 @@ def trim_metrics(output_dir: Path, last_epoch: int) -> None:
     path = Path(output_dir) / METRICS_FILE
     if path.exists():
         kept = [r for r in read_metrics(output_dir) if r.get("epoch", 0) <= last_epoch]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(path, "".join(json.dumps(tidy(r)) + "\n" for r in kept))
