@@ -50,6 +50,7 @@ class NoiseDetection:
             st.assignments[rows.cpu()] = 0.0
             st.assignments[rows[good].cpu()] = found.assignments.cpu()
         st.confidences = confidences.cpu()
+        st.predictions, st.unreadable = self.probs.argmax(dim=1).cpu(), self.bad.cpu()
         self.on_device = (confidences, st.prototypes.to(device))
         usable = ~self.bad
         clean_ratio = float((confidences[usable] > CLEAN_THRESHOLD).float().mean())

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .data.contract import InputContract
+from .state import RunState
 
 
 @dataclass
@@ -25,3 +26,16 @@ class RunResult:
     clean: np.ndarray | None      # the true labels, when known
     class_names: list[str]
     contract: InputContract
+
+
+def run_result(output_dir: Path, config: dict, summary: dict, model: torch.nn.Module, state: RunState,
+               given: np.ndarray, clean: np.ndarray | None, class_names: list[str],
+               contract: InputContract) -> RunResult:
+    """The ``RunResult`` of a run's last EM step as its ``RunState`` holds it, for every training row given (``given``,
+    ``clean``: the training labels and the true ones when known); the trainer and a re-export both make it here, so a
+    re-export publishes what the run did."""
+    keep = ~state.unreadable.numpy()
+    return RunResult(output_dir=output_dir, config=config, summary=summary, model=model, prototypes=state.prototypes,
+                     index=np.flatnonzero(keep), given=given[keep], predicted=state.predictions.numpy()[keep],
+                     clean_prob=state.confidences.numpy()[keep], clean=clean[keep] if clean is not None else None,
+                     class_names=class_names, contract=contract)
