@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accelerate import Accelerator
-
 from .config import Config
 from .distributed import any_process, build_accelerator
 from .export import publish_run
 from .hub import check_push_token, push_folder
-from .result import RunResult
 from .rundir import run_folder_lock
 from .tracking import tracking
 from .trainer import Trainer
@@ -29,12 +26,15 @@ def run_job(cfg: Config, keep_process_group: bool = False) -> dict:
     check_push_token(cfg.hub.repo_id)  # a push bound to fail should stop the job now, not after training
     acc, published = build_accelerator(cfg), None
     try:
-        with run_folder_lock(Path(cfg.output_dir), acc.is_main_process, lambda f: any_process(f, acc)), \
-                tracking(acc, cfg) as send_plots:
-            summary, result = _train(cfg, acc)
-            if result is not None:
-                published = publish_run(result, repo_id=cfg.hub.repo_id)
-            send_plots(published.plots if published else [], summary["epochs_completed"])
+        with run_folder_lock(Path(cfg.output_dir), acc.is_main_process, lambda f: any_process(f, acc)):
+            trainer = Trainer(cfg, acc)  # first: it refuses a clash with another run before the tracker writes there
+            with tracking(acc, cfg) as send_plots:
+                summary = trainer.train()
+                result = trainer.result(summary) if acc.is_main_process else None
+                trainer = None  # done: only the finished run, a value, is left to publish
+                if result is not None:
+                    published = publish_run(result, repo_id=cfg.hub.repo_id)
+                send_plots(published.plots if published else [], summary["epochs_completed"])
     finally:
         if not keep_process_group:
             acc.state.destroy_process_group()
@@ -48,10 +48,3 @@ def run_job(cfg: Config, keep_process_group: bool = False) -> dict:
             acc.print(f"pushed to {url}")
     return summary
 
-
-def _train(cfg: Config, acc: Accelerator) -> tuple[dict, RunResult | None]:
-    """Train; returns the summary and, on the main process, the finished run as a value: the trainer is done
-    before anything is published."""
-    trainer = Trainer(cfg, acc)
-    summary = trainer.train()
-    return summary, trainer.result(summary) if acc.is_main_process else None
