@@ -178,11 +178,12 @@ def _summary(run_dir: Path, state, health: dict) -> dict:
 
 def reexport(run_dir: Path, repo_id: str | None = None) -> tuple[RunResult, Published]:
     """``finished_run`` then ``publish_run``, holding the folder's lock as a run does: nothing else writes the folder
-    meanwhile, and what is written is listed in the run's marker."""
+    meanwhile, and what is written is listed in the run's marker. The card loads from ``repo_id``, else from the
+    run's own ``hub.repo_id``, as the run's card did."""
     _recipe(run_dir)  # a folder that holds no run gets no lock file
     with run_folder_lock(run_dir, True, lambda failed: failed):
         result = finished_run(run_dir)
-        return result, publish_run(result, repo_id=repo_id)
+        return result, publish_run(result, repo_id=repo_id or result.config["hub"]["repo_id"])
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -78,8 +78,14 @@ def _instrumented_job(out: Path, monkeypatch, events: list, *, keep_process_grou
     monkeypatch.setattr(job, "publish_run", recorded_publish)
     monkeypatch.setattr(Accelerator, "init_trackers", fake_init_trackers)
     monkeypatch.setattr(PartialState, "destroy_process_group", lambda self, group=None: events.append(("ended",)))
+    # The push is the network's boundary: recorded, never made.
+    def recorded_push(folder, repo, **kwargs):
+        events.append(("push", repo, _locked(out)))
+        return f"https://huggingface.co/{repo}"
+
+    monkeypatch.setattr(job, "push_folder", recorded_push)
     cfg = load_config(None, tiny_digits("data.limit=64", "eval.knn_k=5", "train.epochs=1", "log.with=wandb",
-                                        f"output_dir={out}"))
+                                        "hub.repo_id=me/tiny-tcl", f"output_dir={out}"))
     job.run_job(cfg, keep_process_group=keep_process_group)
 
 
@@ -94,7 +100,9 @@ def published_run(tmp_path_factory):
 
 def test_the_job_publishes_after_the_trainer_is_gone_under_the_lock_and_tracks_the_plots_once(published_run):
     out, events, _ = published_run
-    assert [e[0] for e in events if e[0] != "log"] == ["trained", "publish", "finish"]
+    # The push comes last, once the folder is released.
+    assert [e[0] for e in events if e[0] != "log"] == ["trained", "publish", "finish", "push"]
+    assert events[-1] == ("push", "me/tiny-tcl", False) and "hf-hub:me/tiny-tcl" in (out / "hub" / "README.md").read_text()
     _, locked, trainers_gone = next(e for e in events if e[0] == "publish")
     assert locked and trainers_gone == [True]
     # The plots reach the tracker after publishing (they are written there), at the run's last epoch, once.
@@ -137,7 +145,8 @@ def test_reexport_builds_no_trainer_and_writes_what_the_run_published(published_
     monkeypatch.setattr(export, "publish_run", recorded_publish)
     assert export.main([str(out)]) == 0
     assert seen == [True]
-    # Byte for byte: the weights, the TCL state, the timm config, the card (metrics included) and the label report.
+    # Byte for byte: the weights, the TCL state, the timm config, the card (metrics and the run's repo id included)
+    # and the label report.
     for name in PUBLISHED:
         assert (out / name).read_bytes() == original[name], name
     written = json.loads((out / rundir.RUN_MARKER_FILE).read_text())["written"]
