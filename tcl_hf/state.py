@@ -76,7 +76,8 @@ class RunState:
     def save(self, folder: Path, method_tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Tensors as safetensors, the rest as JSON: a checkpoint's own state never needs unpickling."""
         tensors = (*self.TENSORS, *self.LATER_TENSORS)
-        safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in tensors}, str(folder / RUN_STATE_TENSORS))
+        safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in tensors},
+                                    str(folder / RUN_STATE_TENSORS))
         scalars = {k: v for k, v in vars(self).items() if k not in tensors}
         (folder / RUN_STATE_JSON).write_text(json.dumps(scalars, indent=1) + "\n")
         if method_tensors:

@@ -102,7 +102,8 @@ def test_the_job_publishes_after_the_trainer_is_gone_under_the_lock_and_tracks_t
     out, events, _ = published_run
     # The push comes last, once the folder is released.
     assert [e[0] for e in events if e[0] != "log"] == ["trained", "publish", "finish", "push"]
-    assert events[-1] == ("push", "me/tiny-tcl", False) and "hf-hub:me/tiny-tcl" in (out / "hub" / "README.md").read_text()
+    assert events[-1] == ("push", "me/tiny-tcl", False)
+    assert "hf-hub:me/tiny-tcl" in (out / "hub" / "README.md").read_text()
     _, locked, trainers_gone = next(e for e in events if e[0] == "publish")
     assert locked and trainers_gone == [True]
     # The plots reach the tracker after publishing (they are written there), at the run's last epoch, once.
