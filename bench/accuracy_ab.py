@@ -36,11 +36,7 @@ def run(overrides: list[str]) -> dict:
     # Each run starts from a fresh accelerate state (precision, compilation), as in its own process.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    trainer = Trainer(load_config(REPO / "recipes" / "cifar10_sym50.yaml", overrides))
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
+    summary = Trainer(load_config(REPO / "recipes" / "cifar10_sym50.yaml", overrides)).train()
     return {key: summary.get(key) for key in ("test_acc", "noise_auc", "label_acc", "knn_acc", "wall_s",
                                               "samples_per_s")}
 

@@ -75,31 +75,28 @@ def measure(overrides: list[str]) -> dict:
     GradientState._reset_state()
     trainer = Trainer(load_config(None, overrides))
     device = trainer.accelerator.device
-    try:
-        trainer.detect_noise()
-        trainer.train_epoch(1)
-        trainer.detect_noise(1)
-        trainer.evaluate()
-        sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        started = time.perf_counter()
-        samples_before = trainer.state.samples
-        trainer.train_epoch(2)
-        sync(device)
-        em_started = time.perf_counter()
-        trainer.detect_noise(2)
-        sync(device)
-        em_seconds = time.perf_counter() - em_started
-        trainer.evaluate()
-        sync(device)
-        seconds = time.perf_counter() - started
-        samples = trainer.state.samples - samples_before
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        return {"samples_per_s": samples / seconds, "epoch_s": seconds, "em_share": em_seconds / seconds,
-                "peak_gib": peak, "samples": samples, "on_device": trainer.feed.on_device}
-    finally:
-        trainer.close()
+    trainer.detect_noise()
+    trainer.train_epoch(1)
+    trainer.detect_noise(1)
+    trainer.evaluate()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    samples_before = trainer.state.samples
+    trainer.train_epoch(2)
+    sync(device)
+    em_started = time.perf_counter()
+    trainer.detect_noise(2)
+    sync(device)
+    em_seconds = time.perf_counter() - em_started
+    trainer.evaluate()
+    sync(device)
+    seconds = time.perf_counter() - started
+    samples = trainer.state.samples - samples_before
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"samples_per_s": samples / seconds, "epoch_s": seconds, "em_share": em_seconds / seconds,
+            "peak_gib": peak, "samples": samples, "on_device": trainer.feed.on_device}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,5 +1,5 @@
-"""Collectives the method needs beyond accelerate's: a gather that passes gradients back exactly, and an
-"any process?" vote so every process takes the same branch."""
+"""The run's Accelerator, and the collectives the method needs beyond accelerate's: a gather that passes gradients
+back exactly, and an "any process?" vote so every process takes the same branch."""
 from __future__ import annotations
 
 import os
@@ -14,6 +14,8 @@ from .errors import TCLError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+    from .config import Config
 
 
 class GatherWithGrad(torch.autograd.Function):
@@ -89,3 +91,23 @@ def check_launch(accelerator: Accelerator, env: Mapping[str, str] = os.environ) 
         raise TCLError("`accelerate launch` was asked for several processes but started only this one (its --cpu, "
                        "and a machine with fewer than two GPUs, run one); on CPUs launch with "
                        f"`{CPU_LAUNCH.format(n='N')}`")
+
+
+def build_accelerator(cfg: Config) -> Accelerator:
+    """The run's Accelerator: the job makes it before the run folder is locked (the lock needs every process's
+    vote) and hands it to the trainer."""
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    from .methods import method_class
+
+    compile_model = cfg.train.compile if cfg.train.compile is not None else torch.cuda.is_available()
+    kind = method_class(cfg.method)  # its traits, read before the method (it needs the model) exists
+    acc = Accelerator(
+        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with="wandb" if cfg.log.with_ == "wandb" else None, project_dir=str(cfg.output_dir),
+        dynamo_backend="inductor" if compile_model else "no",
+        # Seeded shuffling, so a resumed epoch sees the same order as an uninterrupted one.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind.unused_parameters)])
+    check_launch(acc)
+    return acc

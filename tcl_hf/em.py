@@ -20,7 +20,6 @@ class NoiseDetection:
         n, device = len(given), given.device
         self.probs = torch.zeros(n, feed.widths[1], device=device)   # the last EM step's predictions
         self.bad = torch.zeros(n, dtype=torch.bool, device=device)    # training images that could not be read
-        self.suspicion = torch.ones(n, device=device)                 # the last EM step's report order (detector)
         self.knn_bank: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, given labels) of the last EM step
         self.on_device: tuple[torch.Tensor, torch.Tensor] | None = None  # (confidences, prototypes) for the steps
         self.metrics: dict = {}
@@ -46,12 +45,13 @@ class NoiseDetection:
                                                                                                device=device)
         confidences[rows] = 0.0
         confidences[rows[good]] = found.confidences
-        self.suspicion[rows[good]] = found.suspicion.float()
+        st.suspicion[rows[good].cpu()] = found.suspicion.float().cpu()
         if found.prototypes is not None:
             st.prototypes = found.prototypes.cpu()
             st.assignments[rows.cpu()] = 0.0
             st.assignments[rows[good].cpu()] = found.assignments.cpu()
         st.confidences = confidences.cpu()
+        st.predictions, st.unreadable = self.probs.argmax(dim=1).cpu(), self.bad.cpu()
         self.on_device = (confidences, st.prototypes.to(device))
         usable = ~self.bad
         clean_ratio = float((confidences[usable] > CLEAN_THRESHOLD).float().mean())

@@ -2,8 +2,8 @@
 the label-issue report and the plots — all written from a ``RunResult``, never from a live trainer.
 
 ``publish_run`` is what ``train.py`` does after training (main process only), followed by
-``tcl_hf.hub.push_folder`` when a repo is named. The command line re-exports a finished run from its
-newest checkpoint:
+``tcl_hf.hub.push_folder`` when a repo is named (the job holds the folder's lock while publishing). The command
+line re-exports a finished run from its newest intact checkpoint, without a trainer and under the folder's lock:
 
     python -m tcl_hf.export RUN_DIR [--push REPO_ID] [--private] [--revision BRANCH]
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .command import hub_repo_id, refuse_file_in_the_way, run_command
 from .errors import TCLError
-from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE, read_metrics, run_folder_lock
 from .verdict import summary_verdict, untrusted_outputs_line
 
 # torch, timm, huggingface_hub and matplotlib are imported where they are used: `--help` answers at once.
@@ -113,44 +113,99 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def finished_run(run_dir: str | Path) -> RunResult:
-    """The ``RunResult`` of ``run_dir``, rebuilt from its config and newest checkpoint (EM step and evaluation
-    recomputed, so the card describes exactly the checkpoint being exported)."""
-    from .config import load_config, read_recipe
-    from .trainer import Trainer
+    """The ``RunResult`` of ``run_dir`` as its newest intact checkpoint holds it, built without a trainer: the
+    resolved config, the model's weights, and the run state's last EM step (confidences, prototypes, predictions).
+    The dataset is read for its labels and class names only; nothing is recomputed, so this publishes what the
+    run published from that checkpoint."""
+    import safetensors.torch
+    from accelerate.utils import SAFE_WEIGHTS_NAME
+
+    from .collapse import HealthMonitor
+    from .config import load_config, read_recipe, to_dict
+    from .data import load_data, resolve_input_contract
+    from .methods import create_method
+    from .models import build_tcl_model
+    from .noise import training_labels
+    from .result import run_result
+    from .rundir import load_newest_checkpoint
+    from .state import RunState
 
     run_dir = Path(run_dir)
+    recipe = _recipe(run_dir)
+    saved_dir = read_recipe(recipe).get("output_dir")
+    # A run moved or named from elsewhere is read where it is now.
+    moved = saved_dir is None or Path(saved_dir).resolve() != run_dir.resolve()
+    cfg = load_config(recipe, [f"output_dir={run_dir}"] if moved else [])
+    data = load_data(cfg.data, resolve_input_contract(cfg.data, cfg.model), seed=cfg.seed)
+    given, clean = training_labels(cfg.noise, data, cfg.seed)
+    # The architecture only: the weights come from the checkpoint, so no pretrained download is needed.
+    model = build_tcl_model(replace(cfg.model, pretrained=False, pretrained_file=None), data.num_classes)
+    method = create_method(cfg, None, model, given)
+    state = RunState(len(data.train), data.num_classes, cfg.model.proj_dim)
+
+    def load(folder: Path) -> None:
+        method_tensors = state.load(folder)
+        model.load_state_dict(_unwrapped(safetensors.torch.load_file(str(folder / SAFE_WEIGHTS_NAME))))
+        method.load_state_tensors(method_tensors)
+
+    found, skipped = load_newest_checkpoint(run_dir, load, lambda failed: failed)
+    for note in skipped:
+        print(f"skipped checkpoint {note}")
+    if found is None:
+        raise TCLError(f"{run_dir / CHECKPOINTS_DIR} holds no complete checkpoint; nothing to export")
+    if bool((state.predictions[~state.unreadable] < 0).any()):
+        raise TCLError(f"{found} predates checkpoints that keep the last EM step's predictions; export it with the "
+                       f"tcl_hf version that trained it, or train on (train.resume=true, more train.epochs) first")
+    health = HealthMonitor(cfg, method, state, data.num_classes, print)
+    return run_result(run_dir, to_dict(cfg), _summary(run_dir, state, health.summary()), method.network(model),
+                      state, given.numpy(), clean, data.class_names, data.contract,
+                      sample_id=data.train_ids(cfg.data.root), images=data.train, trained=method.trained_labels)
+
+
+def _recipe(run_dir: Path) -> Path:
     recipe = run_dir / CONFIG_FILE
     if not recipe.is_file():
         raise TCLError(f"{recipe} does not exist; RUN_DIR must be the output_dir of a tcl_hf run")
-    overrides = ["train.resume=true", "log.with=null", "log.progress=false"]
-    saved_dir = read_recipe(recipe).get("output_dir")
-    if saved_dir is None or Path(saved_dir).resolve() != run_dir.resolve():
-        # The run was moved or is named from elsewhere: point the trainer at where it is now.
-        overrides.append(f"output_dir={run_dir}")
-    trainer = Trainer(load_config(recipe, overrides))
-    try:
-        if not trainer.resume():
-            raise TCLError(f"{run_dir / CHECKPOINTS_DIR} holds no complete checkpoint; nothing to export")
-        em = trainer.detect_noise()
-        # The verdict too is the checkpoint's: a run stopped for a collapse has no summary.json to carry it.
-        summary = {**_summary(run_dir), **trainer.evaluate(), **em, "epochs_completed": trainer.state.epoch,
-                   **trainer.health.summary()}
-        return trainer.result(summary)
-    finally:
-        trainer.close()
+    return recipe
 
 
-def _summary(run_dir: Path) -> dict:
+def _unwrapped(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpointed model weights under the bare model's names: accelerate saves the prepared model, whose keys
+    carry DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes when those wrap it."""
+    def bare(key: str) -> str:
+        while key.startswith(("module.", "_orig_mod.")):
+            key = key.split(".", 1)[1]
+        return key
+
+    return {bare(k): v for k, v in weights.items()}
+
+
+def _summary(run_dir: Path, state, health: dict) -> dict:
+    """The run's summary.json when it is this checkpoint's (same step); otherwise (a stopped run) the checkpoint's
+    epoch record from metrics.jsonl, with the run's verdict so far."""
     path = run_dir / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if isinstance(saved, dict) and saved.get("steps") == state.step:
+        return saved
+    records = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= state.epoch]
+    return {**(records[-1] if records else {}), "epochs_completed": state.epoch, "steps": state.step, **health}
+
+
+def reexport(run_dir: Path, repo_id: str | None = None) -> tuple[RunResult, Published]:
+    """``finished_run`` then ``publish_run``, holding the folder's lock as a run does: nothing else writes the folder
+    meanwhile, and what is written is listed in the run's marker. The card loads from ``repo_id``, else from the
+    run's own ``hub.repo_id``, as the run's card did."""
+    _recipe(run_dir)  # a folder that holds no run gets no lock file
+    with run_folder_lock(run_dir, True, lambda failed: failed):
+        result = finished_run(run_dir)
+        return result, publish_run(result, repo_id=repo_id or result.config["hub"]["repo_id"])
 
 
 def _export(args: argparse.Namespace) -> None:
     from .hub import push_folder
 
     refuse_file_in_the_way(Path(args.run_dir) / HUB_DIR, "export", "move it aside and export again")
-    result = finished_run(args.run_dir)
-    published = publish_run(result, repo_id=args.push)
+    result, published = reexport(Path(args.run_dir), args.push)
     print(f"exported {published.hub_dir}, {published.label_issues}, {published.review} and "
           f"{len(published.plots)} plot(s)")
     warning = untrusted_outputs_line(summary_verdict(result.summary))

@@ -213,10 +213,15 @@ class TCLPlus(Method):
         return self.teacher
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"teacher.{k}": v.detach().contiguous() for k, v in self.teacher.state_dict().items()}
+        # The relabelled labels too: a re-export (tcl_hf.export) shows them without the TCL run they came from.
+        return {**{f"teacher.{k}": v.detach().contiguous() for k, v in self.teacher.state_dict().items()},
+                "trained_labels": self.trained_labels.detach().contiguous()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.teacher.load_state_dict({k.removeprefix("teacher."): v for k, v in tensors.items()})
+        self.teacher.load_state_dict({k.removeprefix("teacher."): v for k, v in tensors.items()
+                                      if k.startswith("teacher.")})
+        if "trained_labels" in tensors:  # checkpoints written before they were kept hold the teacher only
+            self.trained_labels = tensors["trained_labels"].to(self.trained_labels.device)
 
 
 METHODS: dict[str, type[Method]] = {kind.name: kind for kind in (TCL, CrossEntropy, TCLPlus)}

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .data.contract import InputContract
+from .state import RunState
 
 
 @dataclass
@@ -33,3 +34,19 @@ class RunResult:
     sample_id: np.ndarray | None = None
     images: Dataset | None = None
     trained: np.ndarray | None = None  # the labels it trained on in place of the given ones (TCL+), if any
+
+
+def run_result(output_dir: Path, config: dict, summary: dict, model: torch.nn.Module, state: RunState,
+               given: np.ndarray, clean: np.ndarray | None, class_names: list[str], contract: InputContract, *,
+               sample_id: np.ndarray, images: Dataset, trained: torch.Tensor | None) -> RunResult:
+    """The ``RunResult`` of a run's last EM step as its ``RunState`` holds it, for every training row given (``given``,
+    ``clean``: the training labels and the true ones when known); the trainer and a re-export both make it here, so a
+    re-export publishes what the run did. ``sample_id``, ``images``: the dataset's ids and training images by row;
+    ``trained``: the labels the method trained on in place of the given ones (TCL+), else None."""
+    keep = ~state.unreadable.numpy()
+    return RunResult(output_dir=output_dir, config=config, summary=summary, model=model, prototypes=state.prototypes,
+                     index=np.flatnonzero(keep), given=given[keep], predicted=state.predictions.numpy()[keep],
+                     clean_prob=state.confidences.numpy()[keep], clean=clean[keep] if clean is not None else None,
+                     class_names=class_names, contract=contract, suspicion=state.suspicion.numpy()[keep],
+                     sample_id=sample_id[keep], images=images,
+                     trained=trained.cpu().numpy()[keep] if trained is not None else None)

@@ -24,6 +24,9 @@ class RunState:
     """Progress and EM state; saved in every checkpoint as safetensors + JSON, never pickled."""
 
     TENSORS = ("confidences", "assignments", "prototypes")
+    # Added later: a checkpoint written before them still resumes (they keep their defaults), but has no
+    # last EM step for a re-export to publish (tcl_hf.export.finished_run says so).
+    LATER_TENSORS = ("predictions", "unreadable", "suspicion")
     # The saved JSON's values, each with its type and range (checked as recipe keys are): a checkpoint whose
     # values do not fit does not load, so the resume falls back to the one before it.
     SCALARS = {"epoch": (int, non_negative), "step": (int, non_negative), "batches_done": (int, non_negative),
@@ -46,6 +49,11 @@ class RunState:
         self.confidences = torch.zeros(num_samples)
         self.assignments = torch.zeros(num_samples, num_classes)
         self.prototypes = F.normalize(torch.randn(num_classes, proj_dim), dim=1)
+        # The last EM step's verdict for the report: the classifier's prediction (-1: none stored yet) and which
+        # training images could not be read.
+        self.predictions = torch.full((num_samples,), -1, dtype=torch.long)
+        self.unreadable = torch.zeros(num_samples, dtype=torch.bool)
+        self.suspicion = torch.ones(num_samples)  # the report's order (tcl_hf.detector.suspicion), most suspect first
         self.scale1 = 0.0
         self.scale2 = 0.0
         # Decisions of tcl_hf.collapse, kept so a resumed run continues exactly.
@@ -68,9 +76,10 @@ class RunState:
 
     def save(self, folder: Path, method_tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Tensors as safetensors, the rest as JSON: a checkpoint's own state never needs unpickling."""
-        safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in self.TENSORS},
+        tensors = (*self.TENSORS, *self.LATER_TENSORS)
+        safetensors.torch.save_file({k: getattr(self, k).contiguous() for k in tensors},
                                     str(folder / RUN_STATE_TENSORS))
-        scalars = {k: v for k, v in vars(self).items() if k not in self.TENSORS}
+        scalars = {k: v for k, v in vars(self).items() if k not in tensors}
         (folder / RUN_STATE_JSON).write_text(json.dumps(scalars, indent=1) + "\n")
         if method_tensors:
             safetensors.torch.save_file({k: v.cpu() for k, v in method_tensors.items()}, str(folder / METHOD_STATE))
@@ -79,9 +88,11 @@ class RunState:
         """Restore from ``folder``; returns the method's tensors (empty when it keeps none)."""
         tensors = safetensors.torch.load_file(str(folder / RUN_STATE_TENSORS))
         scalars = json.loads((folder / RUN_STATE_JSON).read_text())
-        expected = {k: tuple(getattr(self, k).shape) for k in self.TENSORS}
+        expected = {k: tuple(getattr(self, k).shape) for k in (*self.TENSORS, *self.LATER_TENSORS)}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
-        if found != expected or not isinstance(scalars, dict) or set(scalars) != set(vars(self)) - set(self.TENSORS):
+        older = {k: v for k, v in expected.items() if k not in self.LATER_TENSORS}
+        if found not in (expected, older) or not isinstance(scalars, dict) or set(scalars) != set(vars(self)) - set(
+                expected):
             raise ValueError(f"run state does not match this run (tensors {found}, expected {expected})")
         scalars = {key: _checked(key, value, *self.SCALARS[key]) for key, value in scalars.items()}
         for key, value in {**scalars, **tensors}.items():

@@ -1,7 +1,8 @@
 """The trainer: accelerate wiring, the loop, the EM step, evaluation and checkpoints.
 
-``Trainer(cfg).train()`` trains to the end (or to ``train.max_steps``) and returns the summary;
-``.result(summary)`` hands the finished run to publishing (``tcl_hf.export``). ``detect_noise()`` and
+``Trainer(cfg, accelerator).train()`` trains to the end (or to ``train.max_steps``) and returns the summary;
+``.result(summary)`` hands the finished run to publishing (``tcl_hf.export``). The run folder's lock and the
+tracker are the caller's (``tcl_hf.job``). ``detect_noise()`` and
 ``evaluate()`` also work on their own, e.g. after ``resume()``; only ``detect_noise`` changes state.
 """
 from __future__ import annotations
@@ -11,17 +12,16 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import rundir
 from .collapse import HealthMonitor
-from .config import Config, flatten, save_config, to_dict, warn_at_start_up
+from .config import Config, save_config, to_dict, warn_at_start_up
 from .data import load_data, resolve_input_contract
-from .distributed import any_process, check_launch, gather_equal, gather_with_grad
+from .distributed import any_process, build_accelerator, gather_equal, gather_with_grad
 from .errors import StopRequested, TCLError
 from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
@@ -33,7 +33,7 @@ from .noise import training_labels
 from .optim import auto_lr_at, build_optimizer, lr_at, scaled_lr
 from .plan import start_line
 from .plus import start_from_tcl_run
-from .result import RunResult
+from .result import RunResult, run_result
 from .state import LossMeter, RunState
 from .stop import StopSignals
 
@@ -41,26 +41,13 @@ from .stop import StopSignals
 class Trainer:
     """Builds everything from a validated ``Config`` and runs TCL (or the CE baseline)."""
 
-    def __init__(self, cfg: Config, keep_process_group: bool = False):
+    def __init__(self, cfg: Config, accelerator: Accelerator | None = None):
         self.cfg = cfg
-        # A sweep runs several trainers in one process: a process group destroyed and made again on the launcher's
-        # store would read the old group's rendezvous keys, so the sweep keeps one group for all its runs.
-        self.keep_process_group = keep_process_group
         self.output_dir = Path(cfg.output_dir)
-        cuda = torch.cuda.is_available()
-        compile_model = cfg.train.compile if cfg.train.compile is not None else cuda
         kind = method_class(cfg.method)  # its traits, read before the method (it needs the model) exists
-        self.accelerator = acc = Accelerator(
-            mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
-            log_with="wandb" if cfg.log.with_ == "wandb" else None, project_dir=str(self.output_dir),
-            dynamo_backend="inductor" if compile_model else "no",
-            # Seeded shuffling, so a resumed epoch sees the same order as an uninterrupted one.
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind.unused_parameters)])
-        check_launch(acc)
-        # One run per folder: take the lock, then refuse a clash with another run before spending time
-        # on data or models (nothing is removed before the new run is ready to train).
-        self._lock = rundir.lock_run_folder(self.output_dir, acc.is_main_process, lambda f: any_process(f, acc))
+        self.accelerator = acc = accelerator or build_accelerator(cfg)
+        # Refuse a clash with another run before spending time on data or models (nothing is removed before the
+        # new run is ready to train); the job holds the folder's lock.
         rundir.check_reuse(self.output_dir, cfg.train.resume, cfg.overwrite, to_dict(cfg))
         acc.wait_for_everyone()
         # Per process: each draws its own augmentations; DDP makes the model replicas equal anyway.
@@ -241,19 +228,12 @@ class Trainer:
     def train(self) -> dict:
         """Run the job to the end (or to train.max_steps) and write the run folder; returns the summary. SIGTERM
         and SIGINT stop it at the next step boundary with a checkpoint (raises StopRequested)."""
-        try:
-            with self.stop:
-                return self._run()
-        except BaseException:
-            self.close()  # a stopped or failed run is over: free the folder for the resume
-            raise
+        with self.stop:
+            return self._run()
 
     def _run(self) -> dict:
         cfg, acc, st = self.cfg, self.accelerator, self.state
         started = time.perf_counter()
-        if cfg.log.with_:
-            acc.init_trackers(cfg.log.project, config=flatten(to_dict(cfg)),
-                              init_kwargs={"wandb": {"name": cfg.log.run_name, "dir": str(self.output_dir)}})
         if acc.is_main_process:
             if cfg.overwrite and not cfg.train.resume:
                 # The new run has its data and model: only now may the previous run's outputs go.
@@ -325,29 +305,7 @@ class Trainer:
         """The finished run for publishing: the trained model and the last EM step's verdict per sample."""
         if not self.em.metrics:
             raise TCLError("the run has no EM step to publish; train, or resume and call detect_noise() first")
-        keep = ~self.em.bad.cpu().numpy()
-        clean = self.clean_labels[keep] if self.clean_labels is not None else None
-        return RunResult(output_dir=self.output_dir, config=to_dict(self.cfg), summary=summary,
-                         model=self._network(), prototypes=self.state.prototypes,
-                         index=np.flatnonzero(keep), given=self.given_labels.cpu().numpy()[keep],
-                         predicted=self.em.probs.argmax(dim=1).cpu().numpy()[keep],
-                         clean_prob=self.state.confidences.numpy()[keep], clean=clean,
-                         class_names=self.data.class_names, contract=self.data.contract,
-                         suspicion=self.em.suspicion.cpu().numpy()[keep],
-                         sample_id=self.data.train_ids(self.cfg.data.root)[keep], images=self.data.train,
-                         trained=None if (t := self.method.trained_labels) is None else t.cpu().numpy()[keep])
-
-    def close(self, plots: list[Path] = ()) -> None:
-        """Send the run's plots to the tracker, end tracking and release the run folder."""
-        if plots and self.cfg.log.with_ == "wandb":
-            import wandb
-
-            self.accelerator.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}, step=self.state.epoch)
-        if self.keep_process_group:
-            for tracker in self.accelerator.trackers:
-                tracker.finish()  # end_training without its destroy_process_group
-        else:
-            self.accelerator.end_training()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        return run_result(self.output_dir, to_dict(self.cfg), summary, self._network(), self.state,
+                          self.given_labels.cpu().numpy(), self.clean_labels, self.data.class_names,
+                          self.data.contract, sample_id=self.data.train_ids(self.cfg.data.root),
+                          images=self.data.train, trained=self.method.trained_labels)

@@ -73,7 +73,6 @@ def exported_224(tmp_path_factory, fresh_accelerate_module):
                              f"output_dir={root / 'run'}"])
     trainer = Trainer(cfg)
     publish_run(trainer.result(trainer.train()))
-    trainer.close()
     return trainer, images["test"], root / "run" / "hub"
 
 

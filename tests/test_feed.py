@@ -29,12 +29,10 @@ def test_in_memory_sets_stay_on_the_device_unless_told(tmp_path):
     t = trainer(tmp_path)
     assert t.feed.on_device and keep_on_device(t.data, None, torch.device("cpu"))
     assert not keep_on_device(t.data, False, torch.device("cpu"))
-    t.close()
     lazy = trainer(tmp_path / "lazy", "data.in_memory=false")
     assert not lazy.feed.on_device
     with pytest.raises(DataError, match="data.on_device"):
         keep_on_device(lazy.data, True, torch.device("cpu"))
-    lazy.close()
 
 
 def test_device_extraction_equals_the_loader_extraction(tmp_path):
@@ -47,7 +45,6 @@ def test_device_extraction_equals_the_loader_extraction(tmp_path):
     assert torch.allclose(on_device.z, via_loader.z, atol=1e-5) and torch.allclose(on_device.p, via_loader.p, atol=1e-6)
     some = torch.tensor([5, 0, 77, 31])
     assert torch.allclose(t.feed.extract_train(model, some).z, on_device.z[some], atol=1e-5)
-    t.close()
 
 
 def test_stratified_subset_keeps_class_shares():
@@ -69,14 +66,12 @@ def test_em_subset_refreshes_a_subset_and_carries_the_rest(tmp_path):
     others = np.setdiff1d(np.arange(len(before)), subset)
     assert torch.equal(t.state.confidences[others], before[others])
     assert not torch.equal(t.state.confidences[subset], before[subset])
-    t.close()
 
 
 @pytest.mark.slow
 def test_eval_every_evaluates_every_n_epochs_and_after_the_last(tmp_path):
     t = trainer(tmp_path, "train.epochs=3", "eval.every=2")
     summary = t.train()
-    t.close()
     evaluated = [r["epoch"] for r in read_metrics(tmp_path) if "test_acc" in r]
     assert evaluated == [2, 3] and summary["test_acc"] is not None
 
@@ -89,5 +84,4 @@ def test_the_reference_pil_views_train_through_loader_workers(tmp_path):
     assert x_w.shape == x_q.shape == x_k.shape == (16, 3, 16, 16) and x_w.dtype == torch.float32
     assert not torch.equal(x_q, x_k)  # two independent strong views
     summary = t.train()
-    t.close()
     assert summary["steps"] == 2 and np.isfinite(summary["loss"])

@@ -351,7 +351,6 @@ def tiny_run(tmp_path_factory):
                                  f"output_dir={run_dir}"])
         trainer = Trainer(cfg)
         summary = trainer.train()
-        trainer.close()  # frees the run folder for the re-exports below
     return run_dir, trainer, summary
 
 
@@ -584,7 +583,7 @@ def test_the_trainer_itself_never_asks_the_hub(online, monkeypatch, tmp_path):
     cfg = load_config(None, ["data.format=digits", "data.limit=64", "data.image_size=16",
                              "model.backbone=preact_resnet_mini", "model.proj_dim=16", "train.batch_size=16",
                              "log.progress=false", "hub.repo_id=me/tcl-run", f"output_dir={tmp_path / 'run'}"])
-    Trainer(cfg).close()
+    Trainer(cfg)
     assert calls == []
 
 

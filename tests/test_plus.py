@@ -310,11 +310,8 @@ COMPARED = ("test_acc", "knn_acc", "noise_auc", "label_acc", "clean_ratio_est", 
 
 def _job(trainer: Trainer) -> dict:
     """What ``train.py`` does, keeping the trainer at hand for its labels and teacher."""
-    try:
-        summary = trainer.train()
-        publish_run(trainer.result(summary))
-    finally:
-        trainer.close()
+    summary = trainer.train()
+    publish_run(trainer.result(summary))
     return summary
 
 

@@ -144,10 +144,7 @@ def test_a_checkpoint_whose_run_state_is_wrong_is_skipped_for_the_older_one(unin
     (newest / MANIFEST_FILE).unlink()
     write_manifest(newest)  # consistent: only the value is wrong, as a hand edit or a bug would leave it
     trainer = Trainer(load_config(None, [*TINY, f"output_dir={out}", "train.resume=true"]))
-    try:
-        assert trainer.resume()
-        assert trainer._resumed_from.name == "step_00000020" and trainer.state.epoch == 2
-    finally:
-        trainer.close()
+    assert trainer.resume()
+    assert trainer._resumed_from.name == "step_00000020" and trainer.state.epoch == 2
     said = capsys.readouterr().out
     assert f"skipped checkpoint {newest.name}" in said and "epoch" in said and "'three'" in said

@@ -363,7 +363,7 @@ def _command(name: str, tmp_path: Path):
     recipe.write_text("data: {format: digits, limit: 48, image_size: 16}\nlog: {progress: false}\n")
     return {"train": (cli.main, [str(recipe), f"output_dir={tmp_path / 'run'}"], job, "run_job"),
             "sweep": (sweep.main, [str(recipe), "--seeds", "0", "--out", str(tmp_path / "sweep")], sweep, "run_all"),
-            "export": (export.main, [str(tmp_path)], export, "finished_run"),
+            "export": (export.main, [str(tmp_path)], export, "reexport"),
             "repair": (repair.main, [str(tmp_path)], repair, "repair_run")}[name]
 
 

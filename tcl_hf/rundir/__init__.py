@@ -12,7 +12,7 @@ from .checkpoints import (checkpoint_dirs, checkpoint_name, checkpoint_problem, 
 from .files import atomic_write_text
 from .folder import (OUTCOME_NEUTRAL, append_metrics, check_reuse, check_writable, clear_previous_outputs,
                      existing_outputs, read_metrics, read_saved_config, run_differences, trim_metrics)
-from .lock import RunLock, lock_run_folder, shared_run_lock
+from .lock import RunLock, run_folder_lock, shared_run_lock
 from .marker import mark_run
 from .names import (CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, LABEL_ISSUES_FILE, LABEL_REVIEW_FILE, LOCK_FILE,
                     MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, REPAIRED_DIR, RUN_MARKER_FILE, RUN_OUTPUTS, SUMMARY_FILE)
@@ -21,6 +21,7 @@ __all__ = ["OUTCOME_NEUTRAL", "CHECKPOINTS_DIR", "CONFIG_FILE", "HUB_DIR", "LABE
            "METRICS_FILE", "PLOTS_DIR", "REPAIRED_DIR", "RUN_MARKER_FILE", "RUN_OUTPUTS", "SUMMARY_FILE", "RunLock",
            "append_metrics", "atomic_write_text",
            "check_reuse", "check_writable", "checkpoint_dirs", "checkpoint_name", "checkpoint_problem",
-           "clear_previous_outputs", "existing_outputs", "load_newest_checkpoint", "lock_run_folder", "mark_run",
-           "newest_intact", "read_metrics", "read_saved_config", "run_differences", "shared_run_lock", "trim_metrics",
+           "clear_previous_outputs", "existing_outputs", "load_newest_checkpoint", "mark_run",
+           "newest_intact", "read_metrics", "read_saved_config", "run_differences", "run_folder_lock",
+           "shared_run_lock", "trim_metrics",
            "write_checkpoint", "write_manifest"]

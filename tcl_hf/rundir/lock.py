@@ -91,10 +91,12 @@ class RunLock:
     def __del__(self):
         self._unlock()  # an abandoned lock (a run that failed to start) wrote nothing worth listing
 
-def lock_run_folder(output_dir: Path, is_main: bool, agree: Callable[[bool], bool]) -> RunLock | None:
-    """The main process takes the folder's lock; every process stops if it could not be taken
-    (``agree(failed_here)`` tells every process whether any failed). A folder that is not a run's is refused
-    first, so it gets no lock file."""
+@contextmanager
+def run_folder_lock(output_dir: Path, is_main: bool, agree: Callable[[bool], bool]) -> Iterator[None]:
+    """Hold the folder's lock for the block: the main process takes it and every process stops if it could not be
+    taken (``agree(failed_here)`` tells every process whether any failed). It is released however the block ends,
+    so a stopped or failed run frees the folder for its resume. A folder that is not a run's is refused first, so
+    it gets no lock file."""
     check_run_folder(output_dir)
     lock, problem = None, None
     if is_main:
@@ -104,7 +106,11 @@ def lock_run_folder(output_dir: Path, is_main: bool, agree: Callable[[bool], boo
             problem = exc
     if agree(problem is not None):
         raise problem or TCLError(f"output_dir: {output_dir} is in use by another tcl_hf run")
-    return lock
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 @contextmanager
 def shared_run_lock(output_dir: Path, key: str) -> Iterator[None]:
