@@ -68,7 +68,7 @@ SHORT_RUN_CHECKS = [("loss_ratio", 0.95, 1.0, 0.0), ("noise_auc", 0.7, 0.5, 1.0)
 
 
 def auto_switch(seed: int, work: Path) -> dict:
-    import test_collapse as t
+    import test_health as t
 
     reset_accelerate()
     summary = t._train(work / f"auto_{seed}", f"seed={seed}")

@@ -164,7 +164,7 @@ class OptimConfig:
     min_lr_ratio: float = option(0.01, in_range(0.0, 1.0))
     warmup_epochs: Union[int, Literal["auto"]] = option(
         20, _warmup_epochs, "epochs of warm-up (the paper's 20); auto = until the classifier beats chance on the "
-        "given labels and the EM step's clean-ratio estimate has settled (tcl_hf/collapse.py)")
+        "given labels and the EM step's clean-ratio estimate has settled (tcl_hf/schedule.py)")
     max_warmup_epochs: Optional[int] = option(None, positive, "warmup_epochs=auto: switch to TCL after at most this "
                                               "many warm-up epochs; null = half of train.epochs")
     cosine_quirk: bool = option(True, help="reference cosine over `epochs`, not `epochs - warmup`")
@@ -183,7 +183,7 @@ class TrainConfig:
     resume: bool = option(False, help="continue from the newest checkpoint in output_dir")
     checkpoints_to_keep: int = option(2, positive)
     on_collapse: Literal["warn", "stop"] = option("warn", help="a TCL run whose classifier degenerated "
-                                                  "(tcl_hf/collapse.py): print one line, or also save a checkpoint "
+                                                  "(tcl_hf/health.py): print one line, or also save a checkpoint "
                                                   "and exit non-zero (and again on each resume)")
 
 
@@ -307,10 +307,11 @@ def validate(cfg: Config) -> None:
 
 def warn_at_start_up(cfg: Config, print_line: Callable[[str], None]) -> None:
     """One 'warning:' line for a setting that is allowed but almost certainly not meant, at the start of a run."""
+    from .schedule import tcl_starts_at  # the schedule says when TCL starts (it imports torch: not at the top)
+
     warmup, epochs = cfg.optim.warmup_epochs, cfg.train.epochs
-    if cfg.method == "tcl" and warmup != "auto" and warmup >= epochs:
-        # Epoch e (from 1) trains TCL once e >= warmup_epochs.
-        when = "never starts" if warmup > epochs else "trains only in the last epoch"
+    if cfg.method == "tcl" and warmup != "auto" and tcl_starts_at(warmup) >= epochs:
+        when = "never starts" if tcl_starts_at(warmup) > epochs else "trains only in the last epoch"
         print_line(f"warning: optim.warmup_epochs={warmup} >= train.epochs={epochs}: TCL {when} (every earlier "
                    f"epoch is warm-up); lower optim.warmup_epochs or raise train.epochs")
 

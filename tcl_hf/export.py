@@ -120,13 +120,14 @@ def finished_run(run_dir: str | Path) -> RunResult:
     import safetensors.torch
     from accelerate.utils import SAFE_WEIGHTS_NAME
 
-    from .collapse import HealthMonitor
     from .config import load_config, read_recipe, to_dict
     from .data import load_data, resolve_input_contract
+    from .health import HealthMonitor
     from .methods import create_method
     from .models import build_tcl_model
     from .noise import training_labels
     from .result import run_result
+    from .schedule import Schedule
     from .rundir import load_newest_checkpoint
     from .state import RunState
 
@@ -156,7 +157,9 @@ def finished_run(run_dir: str | Path) -> RunResult:
     if bool((state.predictions[~state.unreadable] < 0).any()):
         raise TCLError(f"{found} predates checkpoints that keep the last EM step's predictions; export it with the "
                        f"tcl_hf version that trained it, or train on (train.resume=true, more train.epochs) first")
-    health = HealthMonitor(cfg, method, state, data.num_classes, print)
+    # Only the schedule's phase answers are asked (the verdict's first TCL epoch), never an lr: any batch will do.
+    schedule = Schedule(cfg, method, state, cfg.train.batch_size, 1, print)
+    health = HealthMonitor(cfg, method, schedule, state, data.num_classes, print)
     return run_result(run_dir, to_dict(cfg), _summary(run_dir, state, health.summary()), method.network(model),
                       state, given.numpy(), clean, data.class_names, data.contract,
                       sample_id=data.train_ids(cfg.data.root), images=data.train, trained=method.trained_labels)

@@ -45,8 +45,8 @@ class StepInputs:
 
 
 class Method:
-    """What every method shares: no extra state, the given labels are what the report calls predicted, warm-up as
-    the optimizer's warm-up epochs.
+    """What every method shares: no extra state, the given labels are what the report calls predicted, the warm-up
+    the run's schedule sets.
 
     Its traits are class attributes, so the run can read them from ``method_class(cfg.method)`` before the model
     and the method exist (the DDP wrapper, the start)."""
@@ -54,8 +54,8 @@ class Method:
     name: ClassVar[str]
     # Its step leaves some parameters without gradients (the projector: only TCL trains it), so DDP must look for them.
     unused_parameters: ClassVar[bool] = True
-    # A TCL phase after a warm-up, its targets scaled by the clean-ratio estimate: the health monitor decides the
-    # automatic switch and judges collapse, and the verdict can say it never left warm-up (tcl_hf/verdict.py).
+    # A TCL phase after a warm-up, its targets scaled by the clean-ratio estimate: the schedule decides the automatic
+    # switch, the health monitor judges collapse, and the verdict can say it never left warm-up (tcl_hf/verdict.py).
     judged: ClassVar[bool] = False
     # It starts from a finished TCL run (init.from, tcl_hf/plus.py) rather than from a fresh network.
     starts_from_run: ClassVar[bool] = False
@@ -63,15 +63,10 @@ class Method:
     # The labels it trains towards in place of the given ones (TCL+'s relabelling; None: the given labels).
     trained_labels: torch.Tensor | None = None
 
-    def __init__(self, warmup_epochs: int | str):
-        self.warmup_epochs = warmup_epochs
-
-    def in_warmup(self, epoch: int, tcl_from_epoch: int | None = None) -> bool:
-        """Whether ``epoch`` (from 1) trains with the warm-up objective: the reference's epochs before
-        ``warmup_epochs``, or with ``auto`` those before the first TCL epoch the run has decided (if any yet)."""
-        if self.warmup_epochs == "auto":
-            return tcl_from_epoch is None or epoch < tcl_from_epoch
-        return epoch < self.warmup_epochs
+    def own_warmup_end(self) -> int | None:
+        """The last epoch of a warm-up the method sets itself (TCL+: before its teacher corrects the targets); None:
+        the run's schedule decides from ``optim`` (``tcl_hf/schedule.py``)."""
+        return None
 
     def lr(self, scheduled: float, peak: float) -> float:
         """The lr of a step whose schedule says ``scheduled``; ``peak`` is the run's (scaled) lr."""
@@ -101,8 +96,7 @@ class TCL(Method):
     unused_parameters = False
     judged = True
 
-    def __init__(self, tcl_cfg, warmup_epochs: int | str, gather: Gather | None):
-        super().__init__(warmup_epochs)
+    def __init__(self, tcl_cfg, gather: Gather | None):
         self.cfg = tcl_cfg
         self.weights = TCLWeights(tcl_cfg.lambda_con, tcl_cfg.lambda_cls, tcl_cfg.lambda_align, tcl_cfg.lambda_ent,
                                   tcl_cfg.lambda_ne)
@@ -129,8 +123,7 @@ class TCL(Method):
 class CrossEntropy(Method):
     name = "ce"
 
-    def __init__(self, tcl_cfg, warmup_epochs: int | str):
-        super().__init__(warmup_epochs)
+    def __init__(self, tcl_cfg):
         self.per_class_gmm, self.gmm_backend = tcl_cfg.per_class_gmm, tcl_cfg.gmm_backend
 
     def step_terms(self, model: torch.nn.Module, views: Views, batch: StepInputs) -> dict[str, torch.Tensor]:
@@ -151,7 +144,6 @@ class TCLPlus(Method):
     starts_from_run = True
 
     def __init__(self, cfg, model: torch.nn.Module, relabelled: torch.Tensor):
-        super().__init__(0)
         self.plus, self.alpha, self.trained_labels = cfg.plus, cfg.tcl.mixup_alpha, relabelled
         self.per_class_gmm, self.gmm_backend = cfg.tcl.per_class_gmm, cfg.tcl.gmm_backend
         self.teacher = copy.deepcopy(model).requires_grad_(False)
@@ -164,8 +156,8 @@ class TCLPlus(Method):
             if isinstance(m, torch.nn.Dropout):
                 m.eval()
 
-    def in_warmup(self, epoch: int, tcl_from_epoch: int | None = None) -> bool:
-        return epoch <= self.plus.start_correction
+    def own_warmup_end(self) -> int | None:
+        return self.plus.start_correction
 
     def step_terms(self, model: torch.nn.Module, views: Views, batch: StepInputs) -> dict[str, torch.Tensor]:
         x = views.weak(batch.images)
@@ -238,7 +230,7 @@ def create_method(cfg: Config, gather: Gather | None, model: torch.nn.Module | N
     needs the network (its teacher starts as a copy) and the relabelled training labels."""
     kind = method_class(cfg.method)
     if kind is TCL:
-        return TCL(cfg.tcl, cfg.optim.warmup_epochs, gather)
+        return TCL(cfg.tcl, gather)
     if kind is CrossEntropy:
-        return CrossEntropy(cfg.tcl, cfg.optim.warmup_epochs)
+        return CrossEntropy(cfg.tcl)
     return TCLPlus(cfg, model, relabelled)

@@ -2,9 +2,9 @@
 it trains on, its epochs, the warm-up rule and the lr it derives from ``optim.lr`` and the total batch."""
 from __future__ import annotations
 
-from .collapse import max_warmup_epochs
 from .config import Config
 from .optim import scaled_lr
+from .schedule import warmup_text
 
 
 def total_batch(cfg: Config, num_processes: int) -> int:
@@ -21,14 +21,6 @@ def lr_text(cfg: Config, num_processes: int) -> str:
     if not cfg.optim.scale_lr:
         return f"optim.lr {cfg.optim.lr:g} (optim.scale_lr=false: not scaled) at total batch {batch} ({parts})"
     return f"optim.lr {cfg.optim.lr:g} per 256 -> {lr:g} at total batch {batch} ({parts})"
-
-
-def warmup_text(cfg: Config) -> str:
-    warmup = cfg.optim.warmup_epochs
-    if warmup == "auto":
-        bound = max_warmup_epochs(cfg.optim.max_warmup_epochs, cfg.train.epochs)
-        return f"warm-up automatic (until the classifier is ready, at most {bound} epochs)"
-    return f"warm-up fixed: {warmup} epochs"
 
 
 def start_line(cfg: Config, train_samples: int, num_classes: int, num_processes: int) -> str:

@@ -56,10 +56,11 @@ class RunState:
         self.suspicion = torch.ones(num_samples)  # the report's order (tcl_hf.detector.suspicion), most suspect first
         self.scale1 = 0.0
         self.scale2 = 0.0
-        # Decisions of tcl_hf.collapse, kept so a resumed run continues exactly.
+        # Decisions kept so a resumed run continues exactly. tcl_hf.schedule alone reads and writes these three:
         self.tcl_from_epoch: int | None = None         # optim.warmup_epochs=auto: the first TCL epoch, once decided
         self.warmup_history: list[list[float]] = []    # auto: [agreement z, clean-ratio estimate] per warm-up epoch
         self.switch_clean_ratio: float | None = None   # auto: the settled estimate TCL started with
+        # and tcl_hf.health this one:
         self.collapsed_epoch: int | None = None        # the first epoch judged collapsed
 
     def add_loss_sums(self, sums: dict[str, float]) -> None:

@@ -18,7 +18,6 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import rundir
-from .collapse import HealthMonitor
 from .config import Config, save_config, to_dict, warn_at_start_up
 from .data import load_data, resolve_input_contract
 from .distributed import any_process, build_accelerator, gather_equal, gather_with_grad
@@ -27,13 +26,15 @@ from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
 from .feeding.feed import Feed
 from .floats import tidy
+from .health import HealthMonitor
 from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
-from .optim import auto_lr_at, build_optimizer, lr_at, scaled_lr
+from .optim import build_optimizer
 from .plan import start_line
 from .plus import start_from_tcl_run
 from .result import RunResult, run_result
+from .schedule import Schedule
 from .state import LossMeter, RunState
 from .stop import StopSignals
 
@@ -86,23 +87,18 @@ class Trainer:
         self.state = RunState(len(self.data.train), self.num_classes, cfg.model.proj_dim)
         if start is not None:
             self.state.prototypes = start.prototypes
-        self.peak_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum_steps,
-                                 cfg.optim.scale_lr)
         self.steps_per_epoch = max(self.feed.train.steps(1) // cfg.train.grad_accum_steps, 1)
+        # The phases and the lr of every step; it keeps its decisions in the run state (saved with checkpoints).
+        self.schedule = Schedule(cfg, self.method, self.state, cfg.train.batch_size * acc.num_processes *
+                                 cfg.train.grad_accum_steps, self.steps_per_epoch, acc.print)
         self.em = NoiseDetection(cfg, self.method, self.feed, self.given_labels, self.clean_labels, self.state)
-        self.health = HealthMonitor(cfg, self.method, self.state, self.num_classes, acc.print)
+        self.health = HealthMonitor(cfg, self.method, self.schedule, self.state, self.num_classes, acc.print)
         self.bad_counts: dict[str, int] = {}
         self._resumed_from: Path | None = None
 
     # ---- training -----------------------------------------------------------------------------
     def _set_lr(self) -> float:
-        o, cfg = self.cfg.optim, self.cfg
-        epoch = (self.state.step + 1) / self.steps_per_epoch
-        if o.warmup_epochs == "auto":
-            lr = auto_lr_at(epoch, self.peak_lr, cfg.train.epochs, o.min_lr_ratio, self.health.lr_switch())
-        else:
-            lr = lr_at(epoch, self.peak_lr, o.warmup_epochs, cfg.train.epochs, o.min_lr_ratio, o.cosine_quirk)
-        lr = self.method.lr(lr, self.peak_lr)
+        lr = self.schedule.lr(self.state.step + 1)  # the step about to be taken
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -115,7 +111,7 @@ class Trainer:
         mean loss terms and last lr. Raises ``StopRequested`` after saving a checkpoint on a stop signal."""
         cfg, acc, st = self.cfg, self.accelerator, self.state
         self.model.train()
-        warmup = self.method.in_warmup(epoch, st.tcl_from_epoch)
+        warmup = self.schedule.in_warmup(epoch)
         meter, lr, start = LossMeter(), self._set_lr(), time.perf_counter()
         for images, index in self.feed.train.epoch(epoch, st.batches_done):
             with acc.accumulate(self.model):
@@ -267,6 +263,7 @@ class Trainer:
                 usable = ~self.em.bad
                 alarm = self.health.after_epoch(epoch, record, self.em.probs[usable].argmax(dim=1),
                                                 self.given_labels[usable])
+                self.schedule.after_epoch(epoch, record)  # may end an automatic warm-up, from the signals just added
                 self._log(record)
                 st.wall_seconds = wall_before + time.perf_counter() - started
                 self.health.respond(alarm, self.save_checkpoint())

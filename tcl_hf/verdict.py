@@ -1,14 +1,14 @@
 """May a finished run's outputs be trusted? Its verdict, decided once (``run_verdict``, by
-``tcl_hf.collapse.HealthMonitor.summary``) and written to summary.json as ``verdict``; the model card, the
+``tcl_hf.health.HealthMonitor.summary``) and written to summary.json as ``verdict``; the model card, the
 console, the repair (``--accept-failed``), TCL+'s ``init.from`` (``init.accept_failed``) and the sweep's table
 read it from there.
 
-- ``collapsed at epoch N``: a method=tcl run judged collapsed (``tcl_hf.collapse.collapse_reasons``) at TCL
+- ``collapsed at epoch N``: a method=tcl run judged collapsed (``tcl_hf.health.collapse_reasons``) at TCL
   epoch N, even if later epochs look healthy again: the collapse is a feedback loop; its model is not trusted.
 - ``never left warm-up``: a method=tcl run that trained no epoch with TCL's objective. A fixed
-  optim.warmup_epochs W trains TCL from epoch max(W, 1), so W > the epochs trained; an automatic warm-up had
-  not switched when training ended (train.epochs or train.max_steps first). Its model is the warm-up's
-  cross-entropy classifier, and the noise verdicts of label_issues.csv never went through TCL's training.
+  optim.warmup_epochs W trains TCL from epoch max(W, 1) (``tcl_hf.schedule``), so W > the epochs trained; an
+  automatic warm-up had not switched when training ended (train.epochs or train.max_steps first). Its model is the
+  warm-up's cross-entropy classifier, and the noise verdicts of label_issues.csv never went through TCL's training.
 - ``ok``: anything else. method=ce and method=tcl_plus train on fixed labels with no weight that follows the
   clean-ratio estimate, so they are never judged (``HealthMonitor.judged``) and have no TCL warm-up: their
   verdict is always ``ok``.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import reset_accelerate, shared_path
 
-from tcl_hf.collapse import CollapseStop
+from tcl_hf.health import CollapseStop
 from tcl_hf.config import load_config
 from tcl_hf.trainer import Trainer
 

@@ -324,5 +324,5 @@ def test_the_gmm_backend_key_reaches_the_em_step(method, monkeypatch):
     monkeypatch.setattr(detector, "fit_gmm2_batched", None)  # the sklearn backend never reaches the torch fit
     tcl_cfg = load_config(None, ["tcl.gmm_backend=sklearn"]).tcl
     z, p, given, _ = planted_noise()
-    chosen = TCL(tcl_cfg, 0, None) if method == "tcl" else CrossEntropy(tcl_cfg, 0)
+    chosen = TCL(tcl_cfg, None) if method == "tcl" else CrossEntropy(tcl_cfg)
     assert (chosen.detect(z, p, given).confidences == 1).all() and fitted == [len(given)]

@@ -31,6 +31,7 @@ from tcl_hf.hub import load_tcl_pretrained
 from tcl_hf.models import TCLModel
 from tcl_hf.plus import relabel, start_from_tcl_run
 from tcl_hf.rundir import newest_intact
+from tcl_hf.schedule import Schedule
 from tcl_hf.state import LossMeter, RUN_STATE_TENSORS
 from tcl_hf.trainer import Trainer
 
@@ -114,8 +115,10 @@ def test_step_loss_matches_the_reference_sum(monkeypatch, corrected):
         expected = (lam * ce(s_logits, labels) + (1 - lam) * ce(s_logits, labels[perm])).mean()
 
     epoch = 3 if corrected else 2  # start_correction=2: the teacher enters from the third (1-based) epoch
-    assert method.in_warmup(epoch) is not corrected
-    batch = methods.StepInputs(images, labels, None, None, 0.0, 0.0, method.in_warmup(epoch))
+    # The run's schedule hands the step its phase: TCL+'s own, whatever optim.warmup_epochs (20 by default) says.
+    schedule = Schedule(load_config(None, []), method, None, total_batch=256, steps_per_epoch=1, say=print)
+    assert schedule.in_warmup(epoch) is not corrected
+    batch = methods.StepInputs(images, labels, None, None, 0.0, 0.0, schedule.in_warmup(epoch))
     terms = method.step_terms(student, views, batch)
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["loss_cls"].item() == pytest.approx(expected.item(), rel=1e-5)

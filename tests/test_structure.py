@@ -256,3 +256,40 @@ def test_the_config_allows_exactly_the_registered_sources():
     from tcl_hf.config import DataConfig
 
     assert set(typing.get_args(typing.get_type_hints(DataConfig)["format"])) == _source_names()
+
+
+# ---- one owner of the run's phases (tcl_hf/schedule.py) ----------------------------------------------------------
+WARMUP_READERS = {"schedule.py", "config.py"}      # the owner; the config's validation and start-up warning
+PHASE_FIELDS = {"tcl_from_epoch", "warmup_history", "switch_clean_ratio"}
+PHASE_FIELD_KEEPERS = {"schedule.py", "state.py"}   # the owner; the run state that stores them in checkpoints
+
+
+def attribute_reads(source: str, names: set[str]) -> list[int]:
+    """Lines of ``source`` that use an attribute or a string key named in ``names`` (``x.name``, ``x["name"]``,
+    ``x.get("name")``); a plain variable or parameter of that name is not a read of the config or the state."""
+    lines = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            lines.add(node.lineno)
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in names:
+            lines.add(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in names):
+            lines.add(node.lineno)
+    return sorted(lines)
+
+
+def test_the_attribute_finder_finds_reads_not_names():
+    source = ('a = cfg.optim.warmup_epochs\nb = d["warmup_epochs"]\nc = d.get("warmup_epochs", 0)\n'
+              'def f(warmup_epochs):\n    return warmup_epochs\ns = "optim.warmup_epochs=auto"\n')
+    assert attribute_reads(source, {"warmup_epochs"}) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("names, allowed", [({"warmup_epochs"}, WARMUP_READERS),
+                                            (PHASE_FIELDS, PHASE_FIELD_KEEPERS)])
+def test_only_the_schedule_reads_the_warmup_and_its_decisions(names, allowed):
+    # Another module asking optim.warmup_epochs (or the state's switch) re-decides the phases on its own: it asks
+    # the run's Schedule instead.
+    found = {f"{path.relative_to(REPO)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name not in allowed for line in attribute_reads(path.read_text(), names)}
+    assert not found, sorted(found)

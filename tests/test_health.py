@@ -1,5 +1,6 @@
-"""Collapse signals, verdict, automatic warm-up and its lr schedule, on hand-made tensors with hand-computed
-expectations; then the decisions through a run: exact resume with ``auto``, and ``train.on_collapse=stop``."""
+"""Health signals and the collapse verdict on hand-made tensors with hand-computed expectations, the monitor's
+decisions beside the run's schedule (which ends an automatic warm-up: tests/test_schedule.py), then
+``train.on_collapse=stop`` through a run."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,13 @@ import pytest
 import torch
 from fixtures import tiny_digits
 
-from tcl_hf import collapse
-from tcl_hf.collapse import (CollapseStop, HealthMonitor, agreement_above_chance, class_entropy, collapse_reasons,
-                             knn_gap, max_warmup_epochs, prediction_entropy_ratio, warmup_finished)
+from tcl_hf import health
+from tcl_hf.health import (CollapseStop, HealthMonitor, agreement_above_chance, class_entropy, collapse_reasons,
+                           knn_gap, prediction_entropy_ratio)
 from tcl_hf.config import load_config
 from tcl_hf.errors import ConfigError
 from tcl_hf.methods import create_method, method_class
-from tcl_hf.optim import auto_lr_at
+from tcl_hf.schedule import Schedule
 from tcl_hf.state import RunState
 from tcl_hf.verdict import run_verdict, summary_verdict, untrusted_outputs_line
 
@@ -74,35 +75,6 @@ def test_collapse_reasons_by_hand():
     assert len(collapse_reasons(_signals(0.3), 0.1, 0.6)) == 2
 
 
-# ---- automatic warm-up ---------------------------------------------------------------------------------
-def test_warmup_finished_by_hand():
-    settled = [[5.0, 0.60], [5.0, 0.63], [5.0, 0.64]]
-    assert warmup_finished(settled, 10)
-    assert not warmup_finished(settled[:2], 10)                 # too few steps to call it settled
-    assert not warmup_finished([[5.0, 0.60], [2.9, 0.63], [5.0, 0.64]], 10)  # one step not beyond chance
-    assert not warmup_finished([[5.0, 0.40], [5.0, 0.60], [5.0, 0.45]], 10)  # estimates jump 0.2
-    assert warmup_finished([[9.0, 0.9], [5.0, 0.40], [5.0, 0.42], [5.0, 0.44]], 10)  # only the last three count
-    assert warmup_finished([[0.0, 0.1], [0.0, 0.9]], 2)         # the bound ends it whatever the signals
-
-
-def test_max_warmup_epochs_default_is_half_the_run():
-    assert max_warmup_epochs(None, 30) == 15
-    assert max_warmup_epochs(None, 7) == 3
-    assert max_warmup_epochs(None, 1) == 1
-    assert max_warmup_epochs(4, 30) == 4
-
-
-def test_auto_lr_schedule_by_hand():
-    peak, low = 1.0, 0.01
-    assert auto_lr_at(1.0, peak, 20, low, None) == pytest.approx(0.5)     # ramp over round(0.1 * 20) = 2 epochs
-    assert auto_lr_at(1.0, peak, 20, low, 6) == pytest.approx(0.5)        # the ramp ignores the switch
-    assert auto_lr_at(9.0, peak, 20, low, None) == peak                   # undecided: stays at the peak
-    assert auto_lr_at(6.0, peak, 20, low, 6) == peak                      # cosine starts at the switch
-    # half-way from the switch (6) to the end (20): low + (peak - low) / 2
-    assert auto_lr_at(13.0, peak, 20, low, 6) == pytest.approx(0.505)
-    assert auto_lr_at(20.0, peak, 20, low, 6) == pytest.approx(low)
-
-
 def test_warmup_epochs_auto_from_yaml_and_command_line(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("optim:\n  warmup_epochs: auto\n  max_warmup_epochs: 7\ntrain:\n  on_collapse: stop\n")
@@ -125,10 +97,29 @@ def test_bad_values_name_key_and_what_is_allowed(override, allowed):
 
 
 # ---- the monitor's decisions -------------------------------------------------------------------------------
+class Monitored:
+    """The monitor beside the run's schedule, called after an epoch's EM step as the trainer calls them."""
+
+    def __init__(self, cfg, state, say):
+        method = create_method(cfg, None)
+        self.schedule = Schedule(cfg, method, state, total_batch=256, steps_per_epoch=10, say=say)
+        monitor = HealthMonitor(cfg, method, self.schedule, state, 4, say)
+        self.monitor, self.summary, self.respond, self.after_resume = (monitor, monitor.summary, monitor.respond,
+                                                                       monitor.after_resume)
+
+    def after_epoch(self, epoch, record, pred, given):
+        line = self.monitor.after_epoch(epoch, record, pred, given)
+        self.schedule.after_epoch(epoch, record)
+        return line
+
+    def lr_switch(self):
+        return self.schedule.lr_switch()
+
+
 def _monitor(*overrides):
     cfg = load_config(None, ["train.epochs=20", *overrides])  # an automatic warm-up is bounded at 10
     state, said = RunState(8, 4, 2), []
-    return HealthMonitor(cfg, create_method(cfg, None), state, 4, said.append), state, said
+    return Monitored(cfg, state, said.append), state, said
 
 
 GIVEN = T([0, 0, 1, 1, 2, 2, 3, 3])
@@ -303,7 +294,7 @@ def test_on_collapse_stop_exits_nonzero_with_one_line_and_a_checkpoint(tmp_path,
     from tcl_hf.cli import main
 
     # Any prediction spread below 101 % of the labels' entropy counts as collapsed: the first TCL epoch fires.
-    monkeypatch.setattr(collapse, "MIN_ENTROPY_RATIO", 1.01)
+    monkeypatch.setattr(health, "MIN_ENTROPY_RATIO", 1.01)
     code = main([*TINY, "optim.warmup_epochs=1", "train.on_collapse=stop", f"output_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
@@ -317,7 +308,7 @@ def test_on_collapse_stop_exits_nonzero_with_one_line_and_a_checkpoint(tmp_path,
 def test_a_run_stopped_for_collapse_and_resumed_stops_again(tmp_path, monkeypatch, capsys, fresh_accelerate):
     from tcl_hf.cli import main
 
-    monkeypatch.setattr(collapse, "MIN_ENTROPY_RATIO", 1.01)
+    monkeypatch.setattr(health, "MIN_ENTROPY_RATIO", 1.01)
     args = [*TINY, "data.limit=96", "train.epochs=2", "optim.warmup_epochs=1", "train.on_collapse=stop",
             f"output_dir={tmp_path}"]
     assert main(args) == 2
@@ -342,7 +333,7 @@ def test_a_collapsed_run_says_so_in_every_output(tmp_path, monkeypatch, capsys, 
 
     from tcl_hf.cli import main
 
-    monkeypatch.setattr(collapse, "MIN_ENTROPY_RATIO", 1.01)
+    monkeypatch.setattr(health, "MIN_ENTROPY_RATIO", 1.01)
     assert main([*TINY, "data.limit=96", "train.epochs=1", "optim.warmup_epochs=1", f"output_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text())["verdict"] == "collapsed at epoch 1"

@@ -1,5 +1,6 @@
-"""Is TCL's classifier still learning the labels? Health signals after each EM step, the collapse verdict with
-its one-line advice, and the automatic end of the warm-up (``optim.warmup_epochs: auto``).
+"""Is TCL's classifier still learning the labels? Health signals after each EM step, and the collapse verdict with
+its one-line advice. (The automatic end of the warm-up, ``optim.warmup_epochs: auto``, reads these signals:
+``tcl_hf/schedule.py``.)
 
 Why: after the warm-up TCL's targets mix prediction and label with weights set by ``scale = the estimated clean
 ratio``. If the warm-up ends before the classifier has learned the labels, the EM step calls most labels noisy,
@@ -43,7 +44,6 @@ import math
 import torch
 
 from .errors import TCLError
-from .optim import lr_ramp_epochs
 from .verdict import run_verdict
 
 # ---- signals ----------------------------------------------------------------------------------------------
@@ -142,48 +142,18 @@ def collapse_advice(warmup: str, scales_follow: bool) -> str:
     return advice
 
 
-# ---- the automatic warm-up --------------------------------------------------------------------------------
-MIN_AGREEMENT_Z = 3.0     # one-sided p < 0.002 that the classifier agrees with the labels only by chance
-SETTLE_STEPS = 3          # EM steps whose clean-ratio estimates must agree
-SETTLE_TOLERANCE = 0.05   # the quickstart settles within 0.02 (0.66, 0.68, 0.68); a 1k CIFAR warm-up jumps 0.3+
-MAX_WARMUP_FRACTION = 0.5  # at least half the run is TCL: a longer warm-up leaves too little to gain from it
-
-
-def max_warmup_epochs(configured: int | None, epochs: int) -> int:
-    """The bound on an automatic warm-up: ``optim.max_warmup_epochs``, or half of ``train.epochs``."""
-    return configured if configured is not None else max(1, math.floor(MAX_WARMUP_FRACTION * epochs))
-
-
-def warmup_settled(history: list[list[float]]) -> bool:
-    """Whether the EM steps in ``history`` (one [agreement z, clean-ratio estimate] per warm-up epoch, oldest first)
-    show a ready classifier: each of the last ``SETTLE_STEPS`` better than chance on the given labels, and their
-    estimates within ``SETTLE_TOLERANCE`` of each other."""
-    recent = history[-SETTLE_STEPS:]
-    if len(recent) < SETTLE_STEPS:
-        return False
-    estimates = [estimate for _, estimate in recent]
-    return all(z >= MIN_AGREEMENT_Z for z, _ in recent) and max(estimates) - min(estimates) <= SETTLE_TOLERANCE
-
-
-def warmup_finished(history: list[list[float]], max_epochs: int) -> bool:
-    """Whether an automatic warm-up ends after the EM steps in ``history``: once settled, or after ``max_epochs``
-    warm-up epochs whatever the signals."""
-    return len(history) >= max_epochs or warmup_settled(history)
-
-
 # ---- what the trainer calls after each epoch ---------------------------------------------------------------
 class CollapseStop(TCLError):
     """``train.on_collapse=stop``: the run saved a checkpoint and ends with the collapse line."""
 
 
 class HealthMonitor:
-    """After each epoch's EM step: adds the signals to the epoch record, ends an automatic warm-up, and judges
-    TCL-phase epochs. Its decisions live in the run state (``tcl_from_epoch``, ``warmup_history``,
-    ``switch_clean_ratio``, ``collapsed_epoch``), so a resumed run decides exactly as an uninterrupted one."""
+    """After each epoch's EM step: adds the signals to the epoch record and judges TCL-phase epochs; which epochs
+    those are, and how TCL started, it asks the run's ``Schedule``. Its one decision, ``collapsed_epoch``, lives in
+    the run state, so a resumed run judges exactly as an uninterrupted one."""
 
-    def __init__(self, cfg, method, state, num_classes: int, say):
-        self.cfg, self.method, self.state, self.num_classes, self.say = cfg, method, state, num_classes, say
-        self.auto = cfg.optim.warmup_epochs == "auto"
+    def __init__(self, cfg, method, schedule, state, num_classes: int, say):
+        self.cfg, self.schedule, self.state, self.num_classes, self.say = cfg, schedule, state, num_classes, say
         # Only TCL scales its targets by the clean-ratio estimate; the other methods' signals are logged only.
         self.judged = method.judged
 
@@ -192,23 +162,15 @@ class HealthMonitor:
         st = self.state
         signals = health_signals(pred, given, self.num_classes, record.get("test_acc"), record.get("knn_acc"))
         record.update(signals)
-        if not self.judged:
+        if not self.judged or self.schedule.in_warmup(epoch):
             return None
-        estimate = record["clean_ratio_est"]
-        if self.method.in_warmup(epoch, st.tcl_from_epoch):
-            if self.auto:
-                self._decide_switch(epoch, signals["label_agreement_z"], estimate)
-            return None
-        reasons = collapse_reasons(signals, estimate, st.switch_clean_ratio)
+        reasons = collapse_reasons(signals, record["clean_ratio_est"], self.schedule.settled_clean_ratio())
         record["collapsed"] = bool(reasons)
         if not reasons or st.collapsed_epoch is not None:
             return None
         st.collapsed_epoch = epoch
-        return collapse_message(epoch, reasons, self._warmup_kind(), self.cfg.train.on_collapse == "stop",
+        return collapse_message(epoch, reasons, self.schedule.warmup_kind(), self.cfg.train.on_collapse == "stop",
                                 self._scales_follow())
-
-    def _warmup_kind(self) -> str:
-        return "fixed" if not self.auto else "settled" if self.state.switch_clean_ratio is not None else "bounded"
 
     def _scales_follow(self) -> bool:
         return self.cfg.tcl.scale1 is None or self.cfg.tcl.scale2 is None
@@ -221,40 +183,17 @@ class HealthMonitor:
         if epoch is None:
             return
         if self.cfg.train.on_collapse == "stop":
+            advice = collapse_advice(self.schedule.warmup_kind(), self._scales_follow())
             raise CollapseStop(f"TCL collapsed at epoch {epoch}, before this resume, and train.on_collapse=stop: "
-                               f"training on would publish the collapsed model. Fix: "
-                               f"{collapse_advice(self._warmup_kind(), self._scales_follow())}; then train again "
+                               f"training on would publish the collapsed model. Fix: {advice}; then train again "
                                f"with overwrite=true")
         self.say(f"note: this run collapsed at epoch {epoch}; it trains on (train.on_collapse=warn) and its outputs "
                  f"will say so")
 
-    def _decide_switch(self, epoch: int, z: float, estimate: float) -> None:
-        st, cap = self.state, max_warmup_epochs(self.cfg.optim.max_warmup_epochs, self.cfg.train.epochs)
-        st.warmup_history.append([z, estimate])
-        if warmup_finished(st.warmup_history, cap):
-            st.tcl_from_epoch = epoch + 1
-            settled = warmup_settled(st.warmup_history)
-            # Only a settled estimate is a baseline to fall from: one forced by the bound (or a fixed warm-up) can
-            # be anything (0.02 and 0.72 on consecutive epochs of a 1k-image warm-up).
-            st.switch_clean_ratio = estimate if settled else None
-            why = "classifier ready" if settled else "reached optim.max_warmup_epochs"
-            self.say(f"warm-up done after epoch {epoch} ({why}: agreement z {z:.1f}, clean-ratio estimate "
-                     f"{estimate:.2f}); TCL from epoch {epoch + 1}")
-
-    def lr_switch(self) -> int | None:
-        """Warm-up epochs done, for the automatic lr schedule (None: TCL's switch is still undecided). Methods
-        without a TCL phase (the CE baseline) start their cosine where the ramp ends, a plain warm-up-cosine."""
-        if not self.judged:
-            return lr_ramp_epochs(self.cfg.train.epochs)
-        return self.state.tcl_from_epoch - 1 if self.state.tcl_from_epoch else None
-
     def summary(self) -> dict[str, int | str | None]:
         """For summary.json: the first TCL epoch (None: TCL never started), the first collapsed epoch, and the run's
         verdict after the epochs done so far (``run_verdict``)."""
-        warmup, st = self.cfg.optim.warmup_epochs, self.state
-        first = st.tcl_from_epoch if warmup == "auto" else max(warmup, 1)
-        if not self.judged or (first is not None and first > self.cfg.train.epochs):
-            first = None
+        first, st = self.schedule.first_tcl_epoch(), self.state
         return {"tcl_from_epoch": first, "collapsed_epoch": st.collapsed_epoch,
                 "verdict": run_verdict(self.judged, first, st.collapsed_epoch, st.epoch)}
 
