@@ -54,17 +54,14 @@ def run_values(run_dir: Path) -> dict:
 
     overrides = ["train.resume=true", "log.with=null", "log.progress=false", f"output_dir={run_dir}"]
     trainer = Trainer(load_config(run_dir / "config.yaml", overrides))
-    try:
-        if not trainer.resume():
-            raise SystemExit(f"{run_dir} has no checkpoint")
-        trainer.detect_noise()
-        keep = ~trainer.em.bad.cpu().numpy()
-        return {"epoch": trainer.state.epoch, "clean_prob": trainer.state.confidences.numpy()[keep],
-                "probs": trainer.em.probs.cpu().numpy()[keep].astype(np.float64),
-                "gamma": trainer.state.assignments.numpy()[keep].astype(np.float64),
-                "given": trainer.given_labels.cpu().numpy()[keep], "clean": trainer.clean_labels[keep]}
-    finally:
-        trainer.close()
+    if not trainer.resume():
+        raise SystemExit(f"{run_dir} has no checkpoint")
+    trainer.detect_noise()
+    keep = ~trainer.em.bad.cpu().numpy()
+    return {"epoch": trainer.state.epoch, "clean_prob": trainer.state.confidences.numpy()[keep],
+            "probs": trainer.em.probs.cpu().numpy()[keep].astype(np.float64),
+            "gamma": trainer.state.assignments.numpy()[keep].astype(np.float64),
+            "given": trainer.given_labels.cpu().numpy()[keep], "clean": trainer.clean_labels[keep]}
 
 
 def main() -> None:
