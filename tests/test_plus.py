@@ -392,6 +392,22 @@ def test_chain_outputs_publish_the_teacher(chain):
 
 
 @pytest.mark.slow
+def test_a_tcl_plus_reexport_shows_the_labels_it_trained_on(chain, tmp_path):
+    # The relabelled labels travel in TCL+'s checkpoint: a re-export (no trainer) publishes the report the run did.
+    import shutil
+
+    from tcl_hf.export import reexport
+
+    out = tmp_path / "plus"
+    shutil.copytree(chain.plus_dir, out)
+    shutil.rmtree(out / "hub")
+    reexport(out)
+    again, first = pd.read_csv(out / "label_issues.csv"), pd.read_csv(chain.plus_dir / "label_issues.csv")
+    assert (again["trained_label"] != again["given_label"]).any()
+    pd.testing.assert_frame_equal(again, first)
+
+
+@pytest.mark.slow
 def test_chain_refuses_a_run_on_other_data(chain, tmp_path, capsys):
     code = cli.main([*TINY, *PLUS, "data.limit=64", f"init.from={chain.tcl_dir}", f"output_dir={tmp_path}"])
     err = capsys.readouterr().err.strip()

@@ -1,4 +1,5 @@
 """Every shipped recipe loads and validates, and carries the reference hyperparameters."""
+import re
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,8 @@ import yaml
 
 from tcl_hf.config import load_config
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 REQUIRED = {"quickstart", "cifar10_sym20", "cifar10_sym50", "cifar10_sym80", "cifar10_sym90", "cifar10_asym40",
             "cifar100_sym20", "cifar100_sym50", "cifar100_sym80", "cifar100_sym90", "webvision", "clothing1m",
             "cifar10n_aggre", "cifar10n_worse", "cifar10n_random1", "cifar100n"}
@@ -110,3 +112,15 @@ def test_noise_settings_match_names(stem, rate, kind):
     cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / f"{stem}.yaml")
     assert (cfg.noise.type, cfg.noise.rate) == (kind, rate)
     assert cfg.data.label_column == ("fine_label" if stem.startswith("cifar100") else "label")
+
+
+def test_the_quickstart_time_is_one_figure_everywhere():
+    # README heading, README text and the recipe's own comment say how long the quickstart takes: one figure, so a
+    # re-measurement cannot update one and leave the others behind.
+    readme = (REPO / "README.md").read_text()
+    heading = re.search(r"^## Quickstart \(offline, CPU, (about [\d.]+ minutes?)\)$", readme, re.M)
+    text = re.search(r"Time: (about [\d.]+ minutes?) for TCL", readme)
+    comment = re.search(r"(about [\d.]+ minutes?) on 2 CPU cores", (REPO / "recipes" / "quickstart.yaml").read_text(),
+                        re.I)
+    assert heading and text and comment
+    assert heading[1] == text[1] == comment[1].lower()
