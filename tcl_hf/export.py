@@ -162,7 +162,8 @@ def finished_run(run_dir: str | Path) -> RunResult:
     health = HealthMonitor(cfg, method, schedule, state, data.num_classes, print)
     return run_result(run_dir, to_dict(cfg), _summary(run_dir, state, health.summary()), method.network(model),
                       state, given.numpy(), clean, data.class_names, data.contract,
-                      sample_id=data.train_ids(cfg.data.root), images=data.train, trained=method.trained_labels)
+                      sample_id=data.train_ids(cfg.data.root or cfg.data.path), images=data.train,
+                      trained=method.trained_labels)
 
 
 def _recipe(run_dir: Path) -> Path:

@@ -304,5 +304,5 @@ class Trainer:
             raise TCLError("the run has no EM step to publish; train, or resume and call detect_noise() first")
         return run_result(self.output_dir, to_dict(self.cfg), summary, self._network(), self.state,
                           self.given_labels.cpu().numpy(), self.clean_labels, self.data.class_names,
-                          self.data.contract, sample_id=self.data.train_ids(self.cfg.data.root),
+                          self.data.contract, sample_id=self.data.train_ids(self.cfg.data.root or self.cfg.data.path),
                           images=self.data.train, trained=self.method.trained_labels)

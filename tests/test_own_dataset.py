@@ -109,6 +109,10 @@ def test_an_image_folder_with_a_sub_folder_per_class(tmp_path):
     assert np.bincount(bundle.test_labels).tolist() == [2, 3, 1]
     assert np.array_equal(_shades(bundle, "train"), _shade(bundle.train_labels))
     assert np.array_equal(_shades(bundle, "test"), _shade(bundle.test_labels))
+    # The report names each sample by its file, relative to the folder (no local path), in the rows' order.
+    ids = bundle.train_ids(str(tmp_path / "pets"))
+    assert [i.split("/")[0] for i in ids] == [NAMES[k] for k in bundle.train_labels] and len(set(ids)) == len(ids)
+    assert all((tmp_path / "pets" / i).is_file() for i in ids)
 
 
 def _image_list(folder, suffix: str, labels: list[str], paths: list[str] | None = None):
@@ -142,6 +146,7 @@ def test_a_list_of_image_paths_relative_to_the_list(tmp_path, suffix):
     assert np.array_equal(bundle.train_labels, [NAMES.index(labels[i]) for i in bundle.train_indices])
     assert np.array_equal(_shades(bundle, "train"), _shade(bundle.train_labels))
     assert np.array_equal(_shades(bundle, "test"), _shade(bundle.test_labels))
+    assert bundle.train_ids(str(path)).tolist() == [f"pics/{labels[i]}/{i}.png" for i in bundle.train_indices]
 
 
 @pytest.mark.parametrize("escape", ["../outside.png", "absolute", "pics/link.png"])

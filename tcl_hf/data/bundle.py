@@ -54,7 +54,9 @@ class DataBundle:
 
     def train_ids(self, root: str | None = None) -> np.ndarray:
         """The dataset's own name for each training row: the file path (relative to ``root`` when under it) for
-        file lists, else the split's ``id`` column, else the row of the full split (``data.limit`` draws rows)."""
+        file lists; for a 🤗 split its ``id`` column, else its image files (an image folder, a list of paths: relative
+        to ``root``, or to its folder when ``root`` is a list file; a file elsewhere by its name only, so no local
+        path reaches a published report), else the row of the full split (``data.limit`` draws rows)."""
         paths = getattr(self.train, "path", None)
         if paths is not None:
             names = [paths(i) for i in range(len(self.train))]
@@ -64,7 +66,27 @@ class DataBundle:
         rows = self.train_rows
         if rows is not None and ID_COLUMN in getattr(rows, "column_names", ()):
             return np.asarray(rows[ID_COLUMN], dtype=object)
+        files = _image_files(rows) if rows is not None else None
+        if files is not None:
+            base = os.path.dirname(root) if root and os.path.isfile(root) else root
+            return np.asarray([os.path.relpath(f, base) if base and os.path.isabs(f) and _is_under(f, base)
+                               else os.path.basename(f) for f in files], dtype=object)
         return self.train_indices if self.train_indices is not None else np.arange(len(self.train))
+
+
+def _image_files(rows) -> list[str] | None:
+    """The file each row's image was read from, when the split has one image column whose every cell names a
+    distinct file (an image folder, a list of paths); None otherwise (bytes without names, CIFAR's parquet)."""
+    import datasets
+
+    columns = [name for name, kind in rows.features.items() if isinstance(kind, datasets.Image)]
+    if len(columns) != 1:
+        return None
+    cells = rows.select_columns(columns).cast_column(columns[0], datasets.Image(decode=False)).with_format("arrow")
+    files = []
+    for batch in cells.iter(batch_size=4096):  # the names only: the image bytes stay in the arrow buffers
+        files.extend(batch[columns[0]].combine_chunks().field("path").to_pylist())
+    return files if all(files) and len(set(files)) == len(files) else None
 
 
 def check_class_count(declared: int | None, found: int, where: str) -> None:
