@@ -95,7 +95,8 @@ def publish_run(result: RunResult, *, repo_id: str | None = None) -> Published:
     table["index"] = result.index[table["index"].to_numpy()]
     issues = write_label_issues(out, table)
     review = write_review_page(out, table, lambda row: training_image(result.images, row),
-                               top=result.config["log"]["review_top"], title=out.name)
+                               top=result.config["log"]["review_top"], title=out.name,
+                               warning=untrusted_outputs_line(summary_verdict(result.summary)))
     plots = make_plots(out, result.clean_prob, result.given, result.clean, result.class_names)
     return Published(hub_dir, issues, plots, review)
 

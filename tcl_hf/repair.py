@@ -231,7 +231,7 @@ def repair_run(run_dir: str | Path, out: str | Path | None = None, *, drop_below
             card.save(staging / "README.md")
             # The images as the repaired dataset holds them: the file or stored image, not the run's decoded crop.
             write_review_page(staging, issues, lambda row: split.rows[row][split.image_column],
-                              top=cfg.log.review_top, title=out.name)
+                              top=cfg.log.review_top, title=out.name, warning="; ".join(warnings) or None)
             _replace(staging, out, Path(scratch) / "previous")
     finally:
         if lock is not None:

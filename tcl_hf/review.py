@@ -74,10 +74,10 @@ def review_rows(issues: pd.DataFrame, image_of: Callable[[int], Image.Image], to
 
 
 def write_review_page(output_dir: str | Path, issues: pd.DataFrame, image_of: Callable[[int], Image.Image],
-                      top: int = DEFAULT_TOP, title: str = "") -> Path:
+                      top: int = DEFAULT_TOP, title: str = "", warning: str | None = None) -> Path:
     """Write ``<output_dir>/label_issues.html`` from the ranked report ``issues`` (tcl_hf.report.label_issues);
-    returns the path."""
-    page = {"title": title, "total": len(issues), "rows": review_rows(issues, image_of, top)}
+    returns the path. ``warning``: why the run's verdicts are not to be trusted (a failed run), shown above them."""
+    page = {"title": title, "total": len(issues), "rows": review_rows(issues, image_of, top), "warning": warning}
     # "</" would end the script element early (an id may hold anything); JSON reads "<\/" as "</".
     data = json.dumps(page, ensure_ascii=False).replace("</", "<\\/")
     html = TEMPLATE.read_text(encoding="utf-8").replace("__REVIEW_DATA__", data)

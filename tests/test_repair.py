@@ -236,6 +236,7 @@ def test_a_failed_run_is_refused_unless_accepted_and_then_says_so(tmp_path, caps
     body = DatasetCard.load(run_dir / REPAIRED_DIR / "README.md").text.strip().splitlines()
     assert body[0].startswith("# ") and body[2].startswith(f"> **Warning: the run that repaired these labels failed "
                                                             f"(TCL {verdict})")
+    assert f"failed (TCL {verdict})" in review_data(run_dir / REPAIRED_DIR / LABEL_REVIEW_FILE)["warning"]
 
 
 def test_a_run_that_never_finished_is_refused_unless_accepted(digits_run, capsys):

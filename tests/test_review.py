@@ -143,3 +143,23 @@ def test_page_in_a_browser_filters_and_pages(tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "label_issues.png").stat().st_size > 0
+
+
+def test_a_failed_runs_page_opens_with_its_warning(tmp_path):
+    # A collapsed run's suspects look like any other run's: the page says first that its verdicts are not trusted.
+    sync_playwright = _browser()
+    issues, images = tiny_report(n=6)
+    line = "warning: label_issues.csv and the model are not to be trusted: TCL collapsed at epoch 3: <b>x</b>"
+    failed = write_review_page(tmp_path / "failed", issues, lambda row: training_image(images, row), warning=line)
+    healthy = write_review_page(tmp_path / "ok", issues, lambda row: training_image(images, row))
+    assert review_data(failed)["warning"] == line and review_data(healthy)["warning"] is None
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(failed.as_uri())
+            assert page.is_visible("#warning") and page.inner_text("#warning") == line  # as text, not markup
+            page.goto(healthy.as_uri())
+            assert not page.is_visible("#warning")
+        finally:
+            browser.close()
