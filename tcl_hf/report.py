@@ -55,9 +55,10 @@ def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarra
         table["clean_label"] = np.asarray(clean, dtype=np.int64)
         label_columns.append("clean")
     if _names_are_informative(class_names):
-        names = np.asarray(class_names, dtype=object)
+        # Categorical: the label ids as codes into one list of names, not a Python string per row (1M rows, 3 columns)
+        names = pd.Index([str(name) for name in class_names])
         for column in label_columns:
-            table[f"{column}_name"] = names[table[f"{column}_label"]]
+            table[f"{column}_name"] = pd.Categorical.from_codes(table[f"{column}_label"], categories=names)
     frame = pd.DataFrame(table)
     order = np.lexsort((frame["index"].to_numpy(), -suspicion))
     return frame.iloc[order].reset_index(drop=True)
