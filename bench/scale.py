@@ -3,6 +3,7 @@
     python bench/scale.py                          # N = 10k, 100k, 1M
     python bench/scale.py --sizes 10000,100000 --phases knn,report
     python bench/scale.py --smoke --out FILE.json  # N = 10k and 100k (a few minutes on 2 cores)
+    python bench/scale.py --jpeg 500               # ms per WebVision-sized JPEG decoded as its recipe decodes it
 
 Each phase runs the project's own code on synthetic inputs, in a fresh subprocess per (phase, N):
 
@@ -211,6 +212,31 @@ def decode_phase(data: Path):
     return lambda: {"ok": int(decode_split(split, "image", Decoding(8, 8, "bilinear"), "error", 10**6)[1].sum())}
 
 
+def jpeg_ms(count: int) -> float:
+    """Milliseconds per image of tcl_hf's decode (decode_cell) of 341x256 JPEGs (WebVision's resized images have a
+    shorter side of 256) to recipes/webvision.yaml's stored 341x341 (299 px at crop_pct 0.875), on one core."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tcl_hf.data.contract import Decoding
+    from tcl_hf.data.images import decode_cell
+
+    rng, cells = np.random.default_rng(SEED), []
+    for _ in range(16):  # smooth content with some noise: photographs compress between flat colour and pure noise
+        ramp = np.linspace(0, 255, 341)[None, :, None] * rng.random(3) + rng.normal(0, 12, (256, 341, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(ramp.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        cells.append({"bytes": buffer.getvalue(), "path": None})
+    decoding = Decoding(341, 341, "bilinear")
+    decode_cell(cells[0], decoding)
+    start = time.perf_counter()
+    for k in range(count):
+        decode_cell(cells[k % len(cells)], decoding)
+    return 1000 * (time.perf_counter() - start) / count
+
+
 def build(phase: str, n: int, work: Path, data: Path):
     if phase.startswith("em_"):
         _, backend, classes = phase.split("_")
@@ -241,16 +267,19 @@ def worker(phase: str, n: int, work: Path, data: Path) -> None:
 
 
 # ---- the driver ----------------------------------------------------------------------------------------------------
-def _need_mb(phase: str, n: int) -> float:
-    """A rough upper bound of what a phase needs (inputs and peak), to skip what this machine cannot hold."""
-    classes = int(phase.rsplit("_c", 1)[1]) if "_c" in phase else len(NAMES)
-    per_sample = {"em": 6 * classes * 4 + 3 * DIM * 4, "checkpoint": 4 * classes * 4}.get(phase.split("_")[0], 0)
-    return n * per_sample / 2**20
+def _need_mb(phase: str, n: int, rows: list[dict]) -> float:
+    """What a phase needs at N (inputs and peak), scaled linearly from its largest measured smaller N: a phase this
+    machine cannot hold is skipped and said so, rather than killed for memory."""
+    done = [r for r in rows if r["phase"] == phase and r["n"] < n and r.get("peak_rss_mb") is not None]
+    if not done:
+        return 0.0
+    last = max(done, key=lambda r: r["n"])
+    return (last["peak_rss_mb"] + last.get("input_rss_mb", 0.0)) * n / last["n"]
 
 
-def _run_one(phase: str, n: int, data: Path, scratch: Path) -> dict:
-    need = _need_mb(phase, n)
-    if need > 0.8 * _available_mb():
+def _run_one(phase: str, n: int, data: Path, scratch: Path, rows: list[dict]) -> dict:
+    need = _need_mb(phase, n, rows)
+    if need > 0.9 * _available_mb():
         return {"phase": phase, "n": n, "seconds": None, "peak_rss_mb": None,
                 "skipped": f"needs ~{need / 1024:.0f} GiB, {_available_mb() / 1024:.0f} GiB available"}
     work = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{phase}-{n}-"))
@@ -279,17 +308,22 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help=f"N = {SMOKE_SIZES}")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     parser.add_argument("--scratch", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--prior", type=Path, help="an earlier --out at smaller sizes: its rows size the memory check")
+    parser.add_argument("--jpeg", type=int, metavar="K", help="only time K WebVision-sized JPEG decodes (jpeg_ms)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         phase, n, work, data = args.worker
         return worker(phase, int(n), Path(work), Path(data))
+    if args.jpeg:
+        return print(f"decode_cell, 341x256 JPEG -> 341x341: {jpeg_ms(args.jpeg):.2f} ms/image (one core)")
     unknown = sorted(set(args.phases) - set(PHASES))
     if unknown:
         parser.error(f"--phases: unknown {', '.join(unknown)}; allowed: {', '.join(PHASES)}")
     sizes = SMOKE_SIZES if args.smoke else args.sizes
     scratch = Path(tempfile.mkdtemp(prefix="tcl_hf-scale-", dir=args.scratch))
     rows, started = [], time.perf_counter()
+    prior = json.loads(args.prior.read_text())["rows"] if args.prior else []
     print(f"{'phase':<18} {'N':>9} {'seconds':>9} {'peak MB':>9}  (peak: RSS added by the phase over its inputs)")
     try:
         for n in sizes:
@@ -300,7 +334,7 @@ def main() -> None:
                 make_split(n, data)
                 print(f"  (made {n:,} PNGs on disk in {time.perf_counter() - made:.1f} s)", flush=True)
             for phase in args.phases:
-                rows.append(_run_one(phase, n, data, scratch))
+                rows.append(_run_one(phase, n, data, scratch, prior + rows))
                 print(_line(rows[-1]), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps({"rows": rows, "wall_s": round(time.perf_counter() - started, 1)},
