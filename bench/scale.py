@@ -271,7 +271,7 @@ def _need_mb(phase: str, n: int, rows: list[dict]) -> float:
     """What a phase needs at N (inputs and peak), scaled linearly from its largest measured smaller N: a phase this
     machine cannot hold is skipped and said so, rather than killed for memory."""
     done = [r for r in rows if r["phase"] == phase and r["n"] < n and r.get("peak_rss_mb") is not None]
-    if not done:
+    if not done or phase == "knn":  # kNN's similarities come ~1 GiB at a time, whatever N
         return 0.0
     last = max(done, key=lambda r: r["n"])
     return (last["peak_rss_mb"] + last.get("input_rss_mb", 0.0)) * n / last["n"]
