@@ -55,9 +55,11 @@ def label_issues(given: np.ndarray, predicted: np.ndarray, clean_prob: np.ndarra
         table["clean_label"] = np.asarray(clean, dtype=np.int64)
         label_columns.append("clean")
     if _names_are_informative(class_names):
-        names = np.asarray(class_names, dtype=object)
+        # Categorical: codes into one list of the distinct names, not a Python string per row (1M rows, 3 columns).
+        # Distinct, because two classes may share a name (ImageNet's and WebVision's two "crane"s).
+        distinct, of_class = np.unique(np.asarray([str(name) for name in class_names]), return_inverse=True)
         for column in label_columns:
-            table[f"{column}_name"] = names[table[f"{column}_label"]]
+            table[f"{column}_name"] = pd.Categorical.from_codes(of_class[table[f"{column}_label"]], categories=distinct)
     frame = pd.DataFrame(table)
     order = np.lexsort((frame["index"].to_numpy(), -suspicion))
     return frame.iloc[order].reset_index(drop=True)

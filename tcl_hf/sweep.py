@@ -14,6 +14,7 @@ first run (a bad key, a finished run with other settings) leaves them as they we
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import io
 import json
@@ -44,6 +45,7 @@ class PlannedRun:
     seed: int
     folder: Path
     overrides: list[str]   # the user's keys plus the sweep's seed and output_dir
+    config: object         # its validated Config, loaded once when planned: the checks, the run and the table share it
 
     @property
     def name(self) -> str:
@@ -71,8 +73,9 @@ def plan(recipes: list[Path], seeds: list[int], out: Path, overrides: list[str])
     for recipe in recipes:
         for seed in seeds:
             folder = run_folder(out, recipe, seed)
-            run = PlannedRun(recipe, seed, folder, [*overrides, f"seed={seed}", f"output_dir={folder}"])
-            cfg = load_config(recipe, run.overrides)  # a bad key stops the sweep now, not hours later
+            keys = [*overrides, f"seed={seed}", f"output_dir={folder}"]
+            cfg = load_config(recipe, keys)  # a bad key stops the sweep now, not hours later
+            run = PlannedRun(recipe, seed, folder, keys, cfg)
             if cfg.hub.repo_id:
                 # Every run would push to one repo, and a failed push on the main process alone would leave the
                 # other processes waiting in the next run.
@@ -96,12 +99,12 @@ def run_state(folder: Path) -> str:
 
 def _differences(run: PlannedRun) -> list[str]:
     """The keys in which the run saved in ``run.folder`` differs from the planned one."""
-    from .config import load_config, to_dict
+    from .config import to_dict
     from .rundir import OUTCOME_NEUTRAL, read_saved_config, run_differences
 
     saved = read_saved_config(run.folder, "output_dir")
     # A finished run's length counts too (a resume may change it, a table may not mix it).
-    return run_differences(saved, to_dict(load_config(run.recipe, run.overrides)), OUTCOME_NEUTRAL)
+    return run_differences(saved, to_dict(run.config), OUTCOME_NEUTRAL)
 
 
 def _check_finished(run: PlannedRun) -> None:
@@ -134,19 +137,18 @@ def run_all(runs: list[PlannedRun], say=print) -> None:
     """Run every planned run not yet finished (the finished ones were checked to be the runs asked for, before the
     sweep began). Every process takes the same decisions: they depend only on files that no run writes before all
     processes are inside its trainer (whose first step is a collective)."""
-    from .config import load_config
-
     for number, run in enumerate(runs, start=1):
         state = run_state(run.folder)
         say(f"[{number}/{len(runs)}] {run.name}: {state} ({run.folder})")
         if state == FINISHED:
             continue
-        extra = ["train.resume=true"] if state == HALF_FINISHED else []
         from .job import run_job  # only when something trains: a finished sweep only tabulates
 
+        cfg = copy.deepcopy(run.config)  # the run may change its copy; the table still compares with the planned one
+        cfg.train.resume = state == HALF_FINISHED
         _fresh_accelerate_state()
         try:
-            run_job(load_config(run.recipe, run.overrides + extra), keep_process_group=True)
+            run_job(cfg, keep_process_group=True)
         except TCLError as exc:
             raise TCLError(f"{run.name}: {one_line(exc)}") from None
 

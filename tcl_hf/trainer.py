@@ -256,9 +256,11 @@ class Trainer:
                 if self._max_steps_reached():
                     break
                 losses = self.train_epoch(epoch, progress)
-                self.detect_noise(epoch)
-                st.epoch = epoch
                 final = epoch == cfg.train.epochs or self._max_steps_reached()
+                # The last EM step covers every sample (tcl.em_subset or not): the report, TCL+'s relabelling and
+                # this epoch's one checkpoint all see the final model's verdict on the whole set.
+                self.detect_noise(None if final else epoch)
+                st.epoch = epoch
                 record = self._record(epoch, losses, evaluate=final or epoch % cfg.eval.every == 0)
                 usable = ~self.em.bad
                 alarm = self.health.after_epoch(epoch, record, self.em.probs[usable].argmax(dim=1),
@@ -267,13 +269,9 @@ class Trainer:
                 self._log(record)
                 st.wall_seconds = wall_before + time.perf_counter() - started
                 self.health.respond(alarm, self.save_checkpoint())
-        if cfg.tcl.em_subset or not record:
-            # The report covers every sample with the final model (an EM subset left some confidences older), and a
-            # resumed finished run has no record yet.
+        if not record:  # a resumed finished run: its checkpoint holds the last, full EM step; the record is redone
             self.detect_noise()
-            record = {**record, **self._record(st.epoch, {}, evaluate=True)}
-            if cfg.tcl.em_subset:
-                self.save_checkpoint()  # the checkpoint TCL+ relabels from must hold this last, full EM step
+            record = self._record(st.epoch, {}, evaluate=True)
         st.wall_seconds = wall_before + time.perf_counter() - started
         summary = tidy({**record, "epochs_completed": st.epoch, "steps": st.step, "wall_s": st.wall_seconds,
                         "samples_per_s": st.samples / st.train_seconds if st.train_seconds else None,

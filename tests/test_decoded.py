@@ -101,3 +101,33 @@ def test_pixels_changed_in_place_are_decoded_again(on_disk, decodes, tmp_path, c
     # Written afresh: the next process maps it without a word.
     again, _ = decoded.decode_split(on_disk(), "img", DECODING, "error", 10**6)
     assert len(decodes) == 12 and torch.equal(again, expected) and "decoding again" not in capsys.readouterr().err
+
+
+def test_channel_stats_are_computed_once_per_machine(on_disk, tmp_path, monkeypatch):
+    import datasets
+
+    from tcl_hf.config import load_config
+    from tcl_hf.data.contract import InputContract
+    from tcl_hf.data.hf import load_hf
+
+    computed = []
+    real = images.channel_stats
+
+    def counting(*args):
+        computed.append(1)
+        return real(*args)
+    monkeypatch.setattr(images, "channel_stats", counting)
+    cfg = load_config(None, ["data.format=hf", f"data.path={tmp_path / 'train.parquet'}", "data.in_memory=true",
+                      "data.label_column=label"])
+    contract = InputContract(12, 12, 1.0, "bilinear")
+    # Two processes of one machine, each loading the split: the second finds the first one's statistics.
+    first, second = (load_hf(cfg.data, contract, 0, datasets.DatasetDict(train=on_disk(), test=on_disk()))
+                     for _ in range(2))
+    assert len(computed) == 1 and second.contract.mean == first.contract.mean
+    assert second.contract.std == first.contract.std
+    # Worked out here in float64 over every pixel of the decoded set (all six images are readable).
+    pixels = first.train.images.numpy().astype(np.float64) / 255.0
+    expected_mean = pixels.mean(axis=(0, 2, 3))
+    expected_std = pixels.transpose(1, 0, 2, 3).reshape(3, -1).std(axis=1, ddof=1)
+    assert np.allclose(second.contract.mean, expected_mean, rtol=1e-12)
+    assert np.allclose(second.contract.std, expected_std, rtol=1e-12)

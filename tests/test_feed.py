@@ -68,6 +68,36 @@ def test_em_subset_refreshes_a_subset_and_carries_the_rest(tmp_path):
     assert not torch.equal(t.state.confidences[subset], before[subset])
 
 
+@pytest.mark.parametrize("subset", [None, 48])
+def test_each_checkpoint_is_written_once_and_the_last_holds_a_full_em_step(tmp_path, monkeypatch, subset):
+    from tcl_hf.state import RunState
+
+    t = trainer(tmp_path, "train.epochs=2", *([f"tcl.em_subset={subset}"] if subset else []))
+    written, folders, extracted = [], [], []
+    save, extract = t.save_checkpoint, t.feed.extract_train
+
+    def counting_save():
+        written.append(t.state.step)
+        folders.append(save())
+        return folders[-1]
+
+    def counting_extract(model, rows):
+        extracted.append(len(rows))
+        return extract(model, rows)
+    monkeypatch.setattr(t, "save_checkpoint", counting_save)
+    monkeypatch.setattr(t.feed, "extract_train", counting_extract)
+    t.train()
+    steps_per_epoch = t.steps_per_epoch
+    assert written == [steps_per_epoch, 2 * steps_per_epoch]  # one write per epoch, none again at the end
+    n = len(t.given_labels)
+    # The first and the last EM steps see every sample; with a subset the one after epoch 1 sees only that subset.
+    between = len(stratified_subset(t.given_labels.cpu().numpy(), t.num_classes, subset, 0, 1)) if subset else n
+    assert extracted[0] == extracted[-1] == n and extracted[1:-1] == [between] * (len(extracted) - 2)
+    saved = RunState(n, t.num_classes, 16)
+    saved.load(folders[-1])  # the final checkpoint holds the verdict the report is written from
+    assert torch.equal(saved.confidences, t.state.confidences) and torch.equal(saved.suspicion, t.state.suspicion)
+
+
 @pytest.mark.slow
 def test_eval_every_evaluates_every_n_epochs_and_after_the_last(tmp_path):
     t = trainer(tmp_path, "train.epochs=3", "eval.every=2")

@@ -99,6 +99,19 @@ def test_names_are_added_when_the_dataset_has_them():
         assert issues[f"{column}_name"].tolist() == [names[k] for k in issues[f"{column}_label"]]
 
 
+def test_a_large_report_holds_no_string_per_row(tmp_path):
+    n, names = 200_000, ["crane", "dog", "crane"]  # two classes may share a name (ImageNet's two cranes)
+    given, predicted, clean_prob, clean = noisy_run(n)
+    issues = report.label_issues(given, predicted, clean_prob, clean, names)
+    # Seven numeric columns of 8 bytes, the flag of 1, and three name columns of one code byte each: a column of
+    # strings (one per row) counts more than 8 bytes a row.
+    assert issues.memory_usage(index=False, deep=True).sum() / n <= 7 * 8 + 1 + 3 * 1
+    for column in ("given", "predicted", "clean"):
+        assert issues[f"{column}_name"].astype(str).tolist() == [names[k] for k in issues[f"{column}_label"]]
+    written = report.load_label_issues(report.write_label_issues(tmp_path, issues).parent)
+    assert len(written) == n and (written["clean_name"].to_numpy() == np.asarray(names)[clean[written["index"]]]).all()
+
+
 def test_the_labels_a_method_trained_on_stand_beside_the_given_ones():
     # TCL+ trains on relabelled labels: the report shows them (and their names) for each sample.
     given, predicted, clean_prob, clean = noisy_run(n=20)

@@ -174,6 +174,26 @@ def test_bad_seeds_are_refused(tmp_path, capsys, seeds):
     assert info.value.code == 2 and "distinct seeds" in capsys.readouterr().err
 
 
+def test_each_runs_configuration_is_loaded_once(tmp_path, monkeypatch):
+    import tcl_hf.config
+
+    path = recipe(tmp_path, "mine")
+    out = tmp_path / "sweep"
+    for seed in (0, 1, 2):
+        finish(out, path, seed, {"test_acc": 0.5, "noise_auc": 0.5, "label_acc": 0.5})
+    loaded = []
+    real = tcl_hf.config.load_config
+
+    def counting(recipe_path, overrides=()):
+        loaded.append(Path(recipe_path))
+        return real(recipe_path, overrides)
+    monkeypatch.setattr(tcl_hf.config, "load_config", counting)
+    # Planned, checked against the finished folders and tabulated: three runs, three loads.
+    assert sweep.main([str(path), "--out", str(out)]) == 0
+    assert loaded == [path] * 3
+    assert table_row((out / "sweep.md").read_text(), "mine").startswith("| mine | 3/3 | 50.00 ± 0.00 |")
+
+
 # ---- a real sweep, killed and started again -------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_killed_sweep_skips_the_finished_run_and_resumes_the_killed_one(tmp_path, capsys, fresh_accelerate):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import xxhash
 
+from . import images as image_decoding
 from .contract import Decoding
 from .images import decode_images
 
@@ -35,6 +36,11 @@ class CacheFiles(NamedTuple):
     images: Path
     ok: Path
     digest: Path
+
+
+def _stats_path(paths: CacheFiles) -> Path:
+    """The decoded images' channel statistics (written by the decoding process when asked, keyed by the digest)."""
+    return paths.digest.with_suffix(".stats.json")
 
 
 def _cache_paths(split, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int) -> CacheFiles | None:
@@ -106,9 +112,10 @@ def _cells(split: datasets.Dataset, column: str) -> Iterator[dict]:
 
 
 def _decode_to_files(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int,
-                     paths: CacheFiles, progress: str | None) -> None:
+                     paths: CacheFiles, progress: str | None, stats: bool) -> None:
     """Decode straight into the memory-mapped images file (one copy of the set, in the page cache), then write the
-    mask and the digest, then give the images file its name: its presence is what says "complete"."""
+    mask, the digest and (``stats``) the channel statistics, then give the images file its name: its presence is what
+    says "complete", so every process that maps it finds the statistics too."""
     tmp = temp_path(paths.images)
     try:
         shape = (len(split), 3, decoding.crop, decoding.crop)
@@ -120,6 +127,8 @@ def _decode_to_files(split: datasets.Dataset, column: str, decoding: Decoding, o
         # Only the mask kept: the images tensor would hold the map open past ``del pixels``.
         mask = decode_images(_cells(split, column), decoding, on_bad_image, max_pixels, progress, out=pixels)[1].numpy()
         digest = _digest(pixels, mask)
+        if stats:
+            _write_stats(paths, digest, image_decoding.channel_stats(torch.from_numpy(pixels), torch.from_numpy(mask)))
         pixels.flush()
         del pixels  # unmapped before the caller maps the final file: its pages would count twice
         _write(paths.ok, lambda f: np.save(f, mask, allow_pickle=False))
@@ -129,17 +138,53 @@ def _decode_to_files(split: datasets.Dataset, column: str, decoding: Decoding, o
         tmp.unlink(missing_ok=True)
 
 
+def _write_stats(paths: CacheFiles, digest: str, stats: tuple[tuple, tuple]) -> None:
+    text = json.dumps({"digest": digest, "mean": list(stats[0]), "std": list(stats[1])})
+    _write(_stats_path(paths), lambda f: f.write(text.encode()))
+
+
+def _saved_stats(paths: CacheFiles) -> tuple[tuple, tuple] | None:
+    """The statistics written with the decoded files, if they are of the files' current content."""
+    try:
+        saved = json.loads(_stats_path(paths).read_text())
+        if saved["digest"] != paths.digest.read_text().strip():
+            return None
+        return tuple(float(v) for v in saved["mean"]), tuple(float(v) for v in saved["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def split_channel_stats(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int,
+                        images: torch.Tensor, ok: torch.Tensor) -> tuple[tuple, tuple]:
+    """``channel_stats(images, ok)`` of the split ``decode_split(..., stats=True)`` returned: read from beside the
+    decoded files, where the process that decoded them wrote it, so a machine computes it once (each pass reads the
+    whole set); computed here for a split without decoded files, or with files written before the statistics were."""
+    paths = _cache_paths(split, column, decoding, on_bad_image, max_pixels)
+    found = _saved_stats(paths) if paths is not None else None
+    if found is not None:
+        return found
+    found = image_decoding.channel_stats(images, ok)
+    if paths is not None and paths.digest.is_file():
+        try:  # for the processes and runs after this one
+            _write_stats(paths, paths.digest.read_text().strip(), found)
+        except OSError:
+            pass
+    return found
+
+
 def decode_split(split: datasets.Dataset, column: str, decoding: Decoding, on_bad_image: str, max_pixels: int,
-                 progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 progress: str | None = None, stats: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N, 3, crop, crop] images and ok mask [N] of ``split[column]`` — mapped from this machine's decoded
     files when an earlier process wrote them, else decoded here (for an on-disk split, into those files for the
-    next; ``progress``: the bar's label, None for none). Either way decoding holds one copy of the images."""
+    next; ``progress``: the bar's label, None for none). Either way decoding holds one copy of the images.
+    ``stats``: a process that decodes into the files also writes the channel statistics beside them, for
+    ``split_channel_stats``."""
     paths = _cache_paths(split, column, decoding, on_bad_image, max_pixels)
     if paths is not None and (found := _mapped(paths, len(split))) is not None:
         return found
     if paths is not None:
         try:
-            _decode_to_files(split, column, decoding, on_bad_image, max_pixels, paths, progress)
+            _decode_to_files(split, column, decoding, on_bad_image, max_pixels, paths, progress, stats)
         except OSError:
             pass  # a read-only or full cache folder: this process decodes its own copy
         else:

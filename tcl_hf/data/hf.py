@@ -149,8 +149,8 @@ def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int, dsd: datas
 
     # The decoders and samplers pull in torch; the registry's sources stay light until data is read.
     from ..feeding.sampler import stratified_sample
-    from .decoded import decode_split
-    from .images import HFImages, TensorImages, channel_stats
+    from .decoded import decode_split, split_channel_stats
+    from .images import HFImages, TensorImages
 
     train = _split(dsd, data_cfg.train_split, "data.train_split")
     test = _test_split(dsd, data_cfg)
@@ -198,11 +198,14 @@ def load_hf(data_cfg: DataConfig, contract: InputContract, seed: int, dsd: datas
         in_memory = (len(train) + len(test)) * storage * storage * 3 <= IN_MEMORY_BYTES
     if in_memory:
         train_images, train_ok = decode_split(train, image_col, contract.train_decoding, data_cfg.on_bad_image,
-                                              data_cfg.max_image_pixels, "decoding train" if progress else None)
+                                              data_cfg.max_image_pixels, "decoding train" if progress else None,
+                                              stats=contract.mean is None)
         test_images, test_ok = decode_split(test, image_col, contract.eval_decoding, data_cfg.on_bad_image,
                                             data_cfg.max_image_pixels, "decoding test" if progress else None)
         if contract.mean is None:
-            contract = contract.with_stats(*channel_stats(train_images, train_ok))
+            contract = contract.with_stats(*split_channel_stats(train, image_col, contract.train_decoding,
+                                                                data_cfg.on_bad_image, data_cfg.max_image_pixels,
+                                                                train_images, train_ok))
         train_set, test_set = TensorImages(train_images, train_ok), TensorImages(test_images, test_ok)
     else:
         train_set = HFImages(train, image_col, contract.train_decoding, data_cfg.on_bad_image,
