@@ -301,7 +301,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.mean/data.std: give both or neither")
     if cfg.data.std is not None and any(s <= 0 for s in cfg.data.std):
         raise ConfigError(f"data.std: {cfg.data.std} must be > 0 per channel")
-    _check_data_path(cfg.data)  # before the backbone check, which imports timm and torch (seconds)
     _check_backbone(cfg.model.backbone)
 
 
@@ -327,30 +326,6 @@ def _check_output_dir(value: str) -> None:
     if what:
         raise ConfigError(f"output_dir: {value!r} is {what}; a run writes its files and removes them on overwrite, "
                           f"so name a folder for this run, e.g. output_dir=runs/my_run")
-
-
-def _check_data_path(data: DataConfig) -> None:
-    """Refuse a ``data.path`` that names a local file or folder which is not there; a Hub id is left to the loader
-    (only it can ask the Hub). A path counts as local when it could not be a Hub id (namespace/name), starts like
-    a path (., ~), names a data file (.parquet, .csv, .json) or its parent folder exists here (data/my_set)."""
-    path = data.path
-    if data.format != "hf" or Path(path).expanduser().exists():
-        return
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(path)
-        hub_like = path.count("/") <= 1
-    except HFValidationError:
-        hub_like = False
-    parent = Path(path).parent
-    local = (path.startswith((".", "~")) or Path(path).suffix in (".parquet", ".csv", ".json", ".jsonl")
-             or (parent != Path(".") and parent.is_dir()))
-    if hub_like and not local:
-        return
-    raise ConfigError(f"data.path: {path!r} is not an existing file or folder (and reads as a local path, not a Hub "
-                      f"dataset id namespace/name); give a folder in hub layout, a parquet/csv/json file or a Hub id")
 
 
 def _check_backbone(name: str) -> None:

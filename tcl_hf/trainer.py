@@ -31,7 +31,7 @@ from .methods import StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
 from .optim import build_optimizer
-from .plan import start_line
+from .plan import start_line, total_batch
 from .plus import start_from_tcl_run
 from .result import RunResult, run_result
 from .schedule import Schedule
@@ -89,8 +89,8 @@ class Trainer:
             self.state.prototypes = start.prototypes
         self.steps_per_epoch = max(self.feed.train.steps(1) // cfg.train.grad_accum_steps, 1)
         # The phases and the lr of every step; it keeps its decisions in the run state (saved with checkpoints).
-        self.schedule = Schedule(cfg, self.method, self.state, cfg.train.batch_size * acc.num_processes *
-                                 cfg.train.grad_accum_steps, self.steps_per_epoch, acc.print)
+        self.schedule = Schedule(cfg, self.method, self.state, total_batch(cfg, acc.num_processes),
+                                 self.steps_per_epoch, acc.print)
         self.em = NoiseDetection(cfg, self.method, self.feed, self.given_labels, self.clean_labels, self.state)
         self.health = HealthMonitor(cfg, self.method, self.schedule, self.state, self.num_classes, acc.print)
         self.bad_counts: dict[str, int] = {}

@@ -56,3 +56,22 @@ def reset_accelerate() -> None:
 @pytest.fixture
 def fresh_accelerate():
     reset_accelerate()
+
+
+@pytest.fixture
+def on_disk(tmp_path):
+    """A parquet split loaded through datasets, so it has cache files like any real dataset."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (10 + i, 14, 3), dtype=np.uint8)) for i in range(6)]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"img": pictures, "label": list(range(6))}, features=features).to_parquet(
+        str(tmp_path / "train.parquet"))
+
+    def load():
+        return datasets.load_dataset("parquet", data_files={"train": str(tmp_path / "train.parquet")},
+                                     cache_dir=str(tmp_path / "cache"))["train"]
+    return load

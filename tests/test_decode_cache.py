@@ -20,22 +20,6 @@ DECODING = Decoding(resize=12, crop=12, interpolation="bilinear")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def on_disk(tmp_path):
-    """A parquet split loaded through datasets, so it has cache files like any real dataset."""
-    import datasets
-
-    rng = np.random.default_rng(0)
-    pictures = [Image.fromarray(rng.integers(0, 256, (10 + i, 14, 3), dtype=np.uint8)) for i in range(6)]
-    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
-    datasets.Dataset.from_dict({"img": pictures, "label": list(range(6))}, features=features).to_parquet(
-        str(tmp_path / "train.parquet"))
-
-    def load():
-        return datasets.load_dataset("parquet", data_files={"train": str(tmp_path / "train.parquet")},
-                                     cache_dir=str(tmp_path / "cache"))["train"]
-    return load
-
 
 # ---- one copy while decoding ---------------------------------------------------------------------
 # Run in a fresh process: the peak resident set (VmHWM) is reset to the current one just before each decode.

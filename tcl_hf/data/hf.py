@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .bundle import DataBundle, check_class_count, check_every_class_trained
 from .registry import Source, register_source
 
@@ -130,6 +130,30 @@ def digits_dataset_dict(seed: int = 0) -> datasets.DatasetDict:
     return ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
 
 
+def check_data_path(path: str) -> None:
+    """Refuse a ``data.path`` that names a local file or folder which is not there, before any heavy import; a Hub
+    id is left to the loader (only it can ask the Hub). A path counts as local when it could not be a Hub id
+    (namespace/name), starts like a path (., ~), names a data file (.parquet, .csv, .json) or its parent folder
+    exists here (data/my_set)."""
+    if Path(path).expanduser().exists():
+        return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(path)
+        hub_like = path.count("/") <= 1
+    except HFValidationError:
+        hub_like = False
+    parent = Path(path).parent
+    local = (path.startswith((".", "~")) or Path(path).suffix in (".parquet", ".csv", ".json", ".jsonl")
+             or (parent != Path(".") and parent.is_dir()))
+    if hub_like and not local:
+        return
+    raise ConfigError(f"data.path: {path!r} is not an existing file or folder (and reads as a local path, not a Hub "
+                      f"dataset id namespace/name); give a folder in hub layout, a parquet/csv/json file or a Hub id")
+
+
 def is_local_path(value: str) -> bool:
     """A path on this machine rather than a Hub id (``namespace/name`` never starts with / . or ~)."""
     return os.path.isabs(value) or value.startswith((".", "~")) or Path(value).exists()
@@ -233,7 +257,7 @@ class HFSource(Source):
     }
 
     def check(self, data_cfg):
-        pass
+        check_data_path(data_cfg.path)
 
     def load(self, data_cfg, contract, seed, progress=False):
         return load_hf(data_cfg, contract, seed, _load_dataset_dict(data_cfg.path), progress)
