@@ -104,6 +104,18 @@ def collapse_real(seed: int, work: Path) -> dict:
             "lr 0.1, guards - CE: noise_auc": quick["summary"]["noise_auc"] - ce["summary"]["noise_auc"]}
 
 
+def fallback(seed: int, work: Path) -> dict:
+    import test_fallback as t
+
+    # With warn the run trains on past the line, so every TCL epoch's spread is there to see.
+    out = work / f"fallback_{seed}"
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = t._train(out, f"seed={seed}", "train.on_collapse=warn")
+    spread = {r["epoch"]: r["pred_entropy_ratio"] for r in t._records(out)}
+    return {"fires at epoch": summary["collapsed_epoch"], "first TCL epoch's spread": spread[3],
+            "lowest spread, epochs 3-6": min(spread[e] for e in (3, 4, 5, 6))}
+
+
 def planted_features(seed: int, work: Path) -> dict:
     import test_detector as t
     from tcl_hf.detector import em_step, prediction_confidences
@@ -128,6 +140,7 @@ CASES = {
     # Only the first two rows are a test's (it fires at epoch 2); the rest are issue 11's comparisons, measured here
     # because no threshold on them holds over seeds.
     "collapse_real": (collapse_real, True, [("lr 1.6: entropy ratio at stop", 0.5, 1.0, 0.0)]),
+    "fallback": (fallback, False, [("lowest spread, epochs 3-6", 0.5, 1.0, 0.0)]),
     "planted_features": (planted_features, False, [("em auc (per_class=False)", 0.95, 0.5, 1.0),
                                                    ("em auc (per_class=True)", 0.95, 0.5, 1.0),
                                                    ("prediction auc", 0.95, 0.5, 1.0),

@@ -17,7 +17,7 @@ from .data.registry import DEFAULT_SOURCE, get_source
 from .floats import tidy_float
 from .models import ARCHITECTURE
 from .tcl_state import TCL_CONFIG, TCL_WEIGHTS
-from .verdict import summary_verdict, verdict_explained
+from .verdict import fell_back, summary_verdict, verdict_explained
 
 # How a card (model or repaired dataset) names the method that made it.
 METHOD_TEXT = {
@@ -25,6 +25,9 @@ METHOD_TEXT = {
     "tcl_plus": "TCL+ (the TCL reference code's second stage, started from a finished TCL run)",
     "ce": "plain cross-entropy (the baseline of the tcl_hf project)",
 }
+
+# A TCL run that fell back to CE (train.on_collapse=fallback, tcl_hf/verdict.py).
+FELL_BACK_TEXT = f"{METHOD_TEXT['ce']}, continued from the warm-up of a TCL run whose TCL phase collapsed"
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 
@@ -112,9 +115,11 @@ def model_card(run_config: dict, metrics: dict, *, load_ref: str) -> ModelCard:
     shown = shown_metrics(metrics, ("test_acc", "knn_acc", "noise_rate", "clean_ratio_est", "noise_auc",
                                     "noise_precision", "noise_recall", "noise_acc"))
     verdict = summary_verdict(metrics)
+    method_text = METHOD_TEXT[method] if not fell_back(verdict) else FELL_BACK_TEXT
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), backbone=backbone, dataset_name=name,
-        method_text=METHOD_TEXT[method], verdict=verdict, verdict_explained=verdict_explained(verdict),
+        method_text=method_text, verdict=verdict, verdict_explained=verdict_explained(verdict),
+        fell_back=fell_back(verdict),
         noise_text=noise_description(run_config.get("noise", {})), architecture=ARCHITECTURE,
         epochs=metrics.get("epochs_completed", metrics.get("epoch", "n/a")),
         detection_measured=_value(metrics, "noise_auc") is not None or _value(metrics, "noise_precision") is not None,

@@ -182,9 +182,10 @@ class TrainConfig:
     sync_bn: bool = option(True, help="SyncBatchNorm with several processes")
     resume: bool = option(False, help="continue from the newest checkpoint in output_dir")
     checkpoints_to_keep: int = option(2, positive)
-    on_collapse: Literal["warn", "stop"] = option("warn", help="a TCL run whose classifier degenerated "
-                                                  "(tcl_hf/health.py): print one line, or also save a checkpoint "
-                                                  "and exit non-zero (and again on each resume)")
+    on_collapse: Literal["warn", "stop", "fallback"] = option(
+        "fallback", help="a TCL run whose classifier degenerated (tcl_hf/health.py): print one line and train on (warn); "
+                     "also save a checkpoint and exit non-zero, again on each resume (stop); or go back to the "
+                     "checkpoint from before TCL began and train the remaining epochs as method=ce (fallback)")
 
 
 @dataclass

@@ -108,6 +108,8 @@ def build_accelerator(cfg: Config) -> Accelerator:
         dynamo_backend="inductor" if compile_model else "no",
         # Seeded shuffling, so a resumed epoch sees the same order as an uninterrupted one.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind.unused_parameters)])
+        # A TCL run that may fall back to CE (train.on_collapse=fallback) then trains without its projector.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind.unused_parameters or (
+            kind.judged and cfg.train.on_collapse == "fallback"))])
     check_launch(acc)
     return acc

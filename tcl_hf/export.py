@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from .command import hub_repo_id, refuse_file_in_the_way, run_command
 from .errors import TCLError
-from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE, read_metrics, run_folder_lock
+from .rundir import (CHECKPOINTS_DIR, CONFIG_FILE, HUB_DIR, SUMMARY_FILE, read_metrics, run_folder_lock,
+                     trajectory_records)
 from .verdict import summary_verdict, untrusted_outputs_line
 
 # torch, timm, huggingface_hub and matplotlib are imported where they are used: `--help` answers at once.
@@ -192,7 +193,8 @@ def _summary(run_dir: Path, state, health: dict) -> dict:
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if isinstance(saved, dict) and saved.get("steps") == state.step:
         return saved
-    records = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= state.epoch]
+    records = trajectory_records(read_metrics(run_dir), state.epoch,
+                                 state.collapsed_epoch if state.fallback_from is not None else None)
     return {**(records[-1] if records else {}), "epochs_completed": state.epoch, "steps": state.step, **health}
 
 

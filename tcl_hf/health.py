@@ -1,6 +1,7 @@
 """Is TCL's classifier still learning the labels? Health signals after each EM step, and the collapse verdict with
 its one-line advice. (The automatic end of the warm-up, ``optim.warmup_epochs: auto``, reads these signals:
-``tcl_hf/schedule.py``.)
+``tcl_hf/schedule.py``; what a collapsed run does next is ``train.on_collapse``: warn, stop, or fall back to CE,
+``tcl_hf/fallback.py``.)
 
 Why: after the warm-up TCL's targets mix prediction and label with weights set by ``scale = the estimated clean
 ratio``. If the warm-up ends before the classifier has learned the labels, the EM step calls most labels noisy,
@@ -53,7 +54,7 @@ def class_entropy(labels: torch.Tensor, num_classes: int) -> float:
     """Entropy (nats) of the class histogram of integer ``labels``."""
     counts = torch.bincount(labels.flatten().long().cpu(), minlength=num_classes).double()
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log()).sum())
+    return float(-(p * p.log()).sum()) + 0.0  # one class: 0.0, not -0.0
 
 
 def prediction_entropy_ratio(pred: torch.Tensor, given: torch.Tensor, num_classes: int) -> float:
@@ -117,14 +118,19 @@ def collapse_reasons(signals: dict[str, float | None], clean_ratio: float,
     return reasons
 
 
-def collapse_message(epoch: int, reasons: list[str], warmup: str, stopping: bool, scales_follow: bool) -> str:
+def collapse_message(epoch: int, reasons: list[str], warmup: str, on_collapse: str, scales_follow: bool,
+                     back_to: int | None = None) -> str:
     """The one line a collapsed run prints (and, with ``train.on_collapse=stop``, exits with); ``warmup`` says how
     TCL started: ``fixed``, ``bounded`` (an automatic warm-up at its bound) or ``settled``; ``scales_follow``:
-    unset ``tcl.scale1``/``tcl.scale2``, which shrink the label's weight with the clean-ratio estimate."""
-    outcome = "stopped" if stopping else "its predictions and noise detection are now worse than a CE baseline's"
-    why = "; ".join(reasons)
-    return (f"TCL collapsed at epoch {epoch}: the classifier degenerated ({why}); {outcome}. "
-            f"Fix: {collapse_advice(warmup, scales_follow)}")
+    unset ``tcl.scale1``/``tcl.scale2``, which shrink the label's weight with the clean-ratio estimate;
+    ``back_to``: with ``fallback``, the last epoch before TCL began, whose checkpoint the run goes back to."""
+    outcome = {"stop": "stopped",
+               "warn": "its predictions and noise detection are now worse than a CE baseline's",
+               "fallback": f"falling back to CE: from its checkpoint of epoch {back_to} (before TCL began) the run "
+                           f"trains on as method=ce would (train.on_collapse=fallback)"}[on_collapse]
+    fix = "For TCL itself, train again: " if on_collapse == "fallback" else "Fix: "
+    return (f"TCL collapsed at epoch {epoch}: the classifier degenerated ({'; '.join(reasons)}); {outcome}. "
+            f"{fix}{collapse_advice(warmup, scales_follow)}")
 
 
 def collapse_advice(warmup: str, scales_follow: bool) -> str:
@@ -162,15 +168,15 @@ class HealthMonitor:
         st = self.state
         signals = health_signals(pred, given, self.num_classes, record.get("test_acc"), record.get("knn_acc"))
         record.update(signals)
-        if not self.judged or self.schedule.in_warmup(epoch):
-            return None
+        if not self.judged or st.fallback_from is not None or self.schedule.in_warmup(epoch):
+            return None  # a run that fell back to CE is CE from then on: nothing of TCL left to judge
         reasons = collapse_reasons(signals, record["clean_ratio_est"], self.schedule.settled_clean_ratio())
         record["collapsed"] = bool(reasons)
         if not reasons or st.collapsed_epoch is not None:
             return None
         st.collapsed_epoch = epoch
-        return collapse_message(epoch, reasons, self.schedule.warmup_kind(), self.cfg.train.on_collapse == "stop",
-                                self._scales_follow())
+        return collapse_message(epoch, reasons, self.schedule.warmup_kind(), self.cfg.train.on_collapse,
+                                self._scales_follow(), self.schedule.first_tcl_epoch() - 1)
 
     def _scales_follow(self) -> bool:
         return self.cfg.tcl.scale1 is None or self.cfg.tcl.scale2 is None
@@ -182,6 +188,10 @@ class HealthMonitor:
         epoch = self.state.collapsed_epoch
         if epoch is None:
             return
+        if self.state.fallback_from is not None:
+            self.say(f"note: TCL collapsed at epoch {epoch} and this run fell back to CE from its checkpoint of epoch "
+                     f"{self.state.fallback_from}; it trains on as method=ce would (train.on_collapse=fallback)")
+            return
         if self.cfg.train.on_collapse == "stop":
             advice = collapse_advice(self.schedule.warmup_kind(), self._scales_follow())
             raise CollapseStop(f"TCL collapsed at epoch {epoch}, before this resume, and train.on_collapse=stop: "
@@ -191,14 +201,16 @@ class HealthMonitor:
                  f"will say so")
 
     def summary(self) -> dict[str, int | str | None]:
-        """For summary.json: the first TCL epoch (None: TCL never started), the first collapsed epoch, and the run's
-        verdict after the epochs done so far (``run_verdict``)."""
+        """For summary.json: the first TCL epoch (None: TCL never started), the first collapsed epoch, the epoch whose
+        checkpoint a fallback to CE went back to (None: no fallback), and the run's verdict after the epochs done so
+        far (``run_verdict``)."""
         first, st = self.schedule.first_tcl_epoch(), self.state
-        return {"tcl_from_epoch": first, "collapsed_epoch": st.collapsed_epoch,
-                "verdict": run_verdict(self.judged, first, st.collapsed_epoch, st.epoch)}
+        return {"tcl_from_epoch": first, "collapsed_epoch": st.collapsed_epoch, "fallback_from_epoch": st.fallback_from,
+                "verdict": run_verdict(self.judged, first, st.collapsed_epoch, st.epoch, st.fallback_from is not None)}
 
     def respond(self, line: str | None, checkpoint) -> None:
-        """Print the collapse line; with ``train.on_collapse=stop`` end the run (the checkpoint is saved)."""
+        """Print the collapse line; with ``train.on_collapse=stop`` end the run (the checkpoint is saved). (With
+        ``fallback`` the trainer goes back instead: ``Trainer._fall_back``.)"""
         if line is None:
             return
         if self.cfg.train.on_collapse == "stop":

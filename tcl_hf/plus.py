@@ -15,7 +15,7 @@ from .methods import TCL
 from .recipe import flatten
 from .state import RUN_STATE_JSON, RUN_STATE_TENSORS
 from .tcl_state import load_tcl_state
-from .verdict import VERDICT_OK, summary_verdict
+from .verdict import VERDICT_OK, fell_back, summary_verdict
 
 # What the TCL run and the TCL+ run must share: the same training rows and given labels (the seed draws the
 # synthetic noise and file-list subsets), the same network.
@@ -94,7 +94,8 @@ def _finished_point(run_dir: Path, accept_failed: bool) -> tuple[Path, str]:
                        f"(train.resume=true) so that the network and the assignments come from the same step")
     verdict = summary_verdict(summary)
     if verdict != VERDICT_OK and not accept_failed:
-        raise TCLError(f"init.from: {run_dir} is a failed TCL run (TCL {verdict}, summary.json): its clusters would "
-                       f"relabel the data with a degenerate model; train it again, or start from it anyway with "
-                       f"init.accept_failed=true")
+        why = ("its network was trained on as the CE baseline after TCL collapsed, so TCL+ would not start from TCL"
+               if fell_back(verdict) else "its clusters would relabel the data with a degenerate model")
+        raise TCLError(f"init.from: {run_dir} is a failed TCL run (TCL {verdict}, summary.json): {why}; train it "
+                       f"again, or start from it anyway with init.accept_failed=true")
     return checkpoint, verdict

@@ -146,8 +146,9 @@ def dataset_card(config: dict, summary: dict, split, found, drop_below: float, l
 # ---- what the repair must warn about ------------------------------------------------------------------------------
 def _checked_verdict(run_dir: Path, summary: dict, accept_failed: bool) -> list[str]:
     """The run's verdict (summary.json; tcl_hf/verdict.py): a failed run, or one that never finished (no summary.json,
-    e.g. a re-export of a run stopped for a collapse), is refused unless ``accept_failed``, and then warned about."""
-    from .verdict import VERDICT_OK, summary_verdict, verdict_explained
+    e.g. a re-export of a run stopped for a collapse), is refused unless ``accept_failed``, and then warned about.
+    A run that fell back to CE is repaired, and the card says whose verdicts they are."""
+    from .verdict import VERDICT_OK, fell_back, summary_verdict, verdict_explained
 
     if not (run_dir / SUMMARY_FILE).is_file():
         what, remedy = "never finished (no summary.json)", "finish it with train.resume=true"
@@ -156,6 +157,9 @@ def _checked_verdict(run_dir: Path, summary: dict, accept_failed: bool) -> list[
         verdict = summary_verdict(summary)
         if verdict == VERDICT_OK:
             return []
+        if fell_back(verdict):
+            return [f"these verdicts are the cross-entropy baseline's, not TCL's: TCL {verdict}: "
+                    f"{verdict_explained(verdict)}"]
         what, remedy = f"is a failed run (TCL {verdict}, summary.json)", "train it again"
         warning = f"the run that repaired these labels failed (TCL {verdict}): {verdict_explained(verdict)}"
     if not accept_failed:

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import detector
 from .errors import TCLError
-from .rundir import LABEL_ISSUES_FILE, PLOTS_DIR, read_metrics
+from .rundir import FELL_BACK_KEY, LABEL_ISSUES_FILE, PLOTS_DIR, read_metrics
 
 
 def _names_are_informative(class_names: list[str] | None) -> bool:
@@ -117,12 +117,16 @@ def _series(records: list[dict], key: str) -> tuple[list, list]:
 def _plot_curves(path: Path, records: list[dict]) -> Path:
     fig = Figure(figsize=(10, 4))
     acc_ax, det_ax = fig.subplots(1, 2)
-    for key, label in (("test_acc", "test accuracy"), ("knn_acc", "kNN accuracy")):
-        acc_ax.plot(*_series(records, key), marker="o", label=label)
-    for key, label in (("noise_auc", "noise AUC"), ("clean_ratio_est", "estimated clean ratio")):
-        epochs, values = _series(records, key)
-        if values:
-            det_ax.plot(epochs, values, marker="o", label=label)
+    # A run that fell back to CE trained some epochs twice: the CE ones are drawn dashed beside TCL's.
+    phases = [(" (CE after the fallback)", "--", [r for r in records if r.get(FELL_BACK_KEY)]),
+              ("", "-", [r for r in records if not r.get(FELL_BACK_KEY)])]
+    for ax, keys in ((acc_ax, (("test_acc", "test accuracy"), ("knn_acc", "kNN accuracy"))),
+                     (det_ax, (("noise_auc", "noise AUC"), ("clean_ratio_est", "estimated clean ratio")))):
+        for key, label in keys:
+            for suffix, style, part in phases:
+                epochs, values = _series(part, key)
+                if values:
+                    ax.plot(epochs, values, marker="o", linestyle=style, label=label + suffix)
     for ax, title in ((acc_ax, "Accuracy"), (det_ax, "Noise detection")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

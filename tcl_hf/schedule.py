@@ -120,8 +120,9 @@ class Schedule:
     # ---- asked by the health monitor and the summary ---------------------------------------------------
     def lr_switch(self) -> int | None:
         """Warm-up epochs done, for the automatic lr schedule (None: TCL's switch is still undecided). Methods
-        without a TCL phase (the CE baseline) start their cosine where the ramp ends, a plain warm-up-cosine."""
-        if not self.judged:
+        without a TCL phase (the CE baseline, and a TCL run once it fell back to it) start their cosine where the
+        ramp ends, a plain warm-up-cosine."""
+        if not self.judged or self.state.fallback_from is not None:
             return lr_ramp_epochs(self.cfg.train.epochs)
         return self.state.tcl_from_epoch - 1 if self.state.tcl_from_epoch else None
 
@@ -132,6 +133,11 @@ class Schedule:
         if not self.judged or (first is not None and first > self.cfg.train.epochs):
             return None
         return first
+
+    def tcl_starts_after(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0: before the first) is the last before TCL's first epoch: its checkpoint is the one
+        ``train.on_collapse=fallback`` goes back to."""
+        return self.judged and self.first_tcl_epoch() == epoch + 1
 
     def settled_clean_ratio(self) -> float | None:
         """The settled clean-ratio estimate an automatic warm-up handed to TCL (None: fixed, bounded or undecided)."""

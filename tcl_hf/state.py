@@ -27,6 +27,8 @@ class RunState:
     # Added later: a checkpoint written before them still resumes (they keep their defaults), but has no
     # last EM step for a re-export to publish (tcl_hf.export.finished_run says so).
     LATER_TENSORS = ("predictions", "unreadable", "suspicion")
+    # Likewise for the saved JSON: a checkpoint written before these keeps their defaults.
+    LATER_SCALARS = ("before_tcl_step", "fallback_from")
     # The saved JSON's values, each with its type and range (checked as recipe keys are): a checkpoint whose
     # values do not fit does not load, so the resume falls back to the one before it.
     SCALARS = {"epoch": (int, non_negative), "step": (int, non_negative), "batches_done": (int, non_negative),
@@ -36,7 +38,8 @@ class RunState:
                "tcl_from_epoch": (Optional[int], non_negative),
                "warmup_history": (list[list[float]], _pairs),
                "switch_clean_ratio": (Optional[float], in_range(0.0, 1.0)),
-               "collapsed_epoch": (Optional[int], non_negative)}
+               "collapsed_epoch": (Optional[int], non_negative),
+               "before_tcl_step": (Optional[int], non_negative), "fallback_from": (Optional[int], non_negative)}
 
     def __init__(self, num_samples: int, num_classes: int, proj_dim: int):
         self.epoch = 0          # completed epochs
@@ -62,6 +65,9 @@ class RunState:
         self.switch_clean_ratio: float | None = None   # auto: the settled estimate TCL started with
         # and tcl_hf.health this one:
         self.collapsed_epoch: int | None = None        # the first epoch judged collapsed
+        # and these two train.on_collapse=fallback (tcl_hf/fallback.py):
+        self.before_tcl_step: int | None = None        # the step of the checkpoint taken just before TCL's first epoch
+        self.fallback_from: int | None = None          # fell back to CE: the epoch whose checkpoint it went back to
 
     def add_loss_sums(self, sums: dict[str, float]) -> None:
         """Loss terms summed over some batches into the running sums of the epoch in progress."""
@@ -92,10 +98,12 @@ class RunState:
         expected = {k: tuple(getattr(self, k).shape) for k in (*self.TENSORS, *self.LATER_TENSORS)}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         older = {k: v for k, v in expected.items() if k not in self.LATER_TENSORS}
-        if found not in (expected, older) or not isinstance(scalars, dict) or set(scalars) != set(vars(self)) - set(
-                expected):
+        names = set(vars(self)) - set(expected)
+        if found not in (expected, older) or not isinstance(scalars, dict) or not (
+                names - set(self.LATER_SCALARS) <= set(scalars) <= names):
             raise ValueError(f"run state does not match this run (tensors {found}, expected {expected})")
-        scalars = {key: _checked(key, value, *self.SCALARS[key]) for key, value in scalars.items()}
+        scalars = {**dict.fromkeys(self.LATER_SCALARS),
+                   **{key: _checked(key, value, *self.SCALARS[key]) for key, value in scalars.items()}}
         for key, value in {**scalars, **tensors}.items():
             setattr(self, key, value)
         method = folder / METHOD_STATE

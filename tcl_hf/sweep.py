@@ -214,8 +214,9 @@ def markdown(rows: list[dict]) -> str:
             "published test accuracy (WebVision: top-1 on its val set). label acc.: the model's predictions "
             "against the true training labels.")
     if failed:
-        note += (" Failed seeds (TCL collapsed, or never left its warm-up: tcl_hf/verdict.py) are counted in the "
-                 "mean, and their outputs are not to be trusted: " + "; ".join(failed) + ".")
+        note += (" Seeds whose TCL failed (collapsed, or never left its warm-up: tcl_hf/verdict.py) or fell back to "
+                 "CE after a collapse are counted in the mean; a failed seed's outputs are not to be trusted, a "
+                 "fallen-back seed's are the CE baseline's: " + "; ".join(failed) + ".")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 

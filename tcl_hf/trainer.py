@@ -26,8 +26,9 @@ from .em import NoiseDetection
 from .evaluation import format_record, knn_predict, topk_accuracy
 from .feeding.feed import Feed
 from .floats import tidy
+from .fallback import go_back, keeps_checkpoint
 from .health import HealthMonitor
-from .methods import StepInputs, create_method, method_class
+from .methods import CrossEntropy, StepInputs, create_method, method_class
 from .models import build_tcl_model
 from .noise import training_labels
 from .optim import build_optimizer
@@ -203,22 +204,43 @@ class Trainer:
                 self.state.save(folder, self.method.state_tensors())
 
         return rundir.write_checkpoint(self.output_dir, self.state.step, write, self.cfg.train.checkpoints_to_keep,
-                                       acc.is_main_process, acc.wait_for_everyone)
+                                       acc.is_main_process, acc.wait_for_everyone, pinned=self.state.before_tcl_step)
+
+    def _load(self, folder: Path) -> None:
+        self.accelerator.load_state(str(folder))
+        self.method.load_state_tensors(self.state.load(folder))
 
     def resume(self) -> bool:
         """Load the newest complete and loadable checkpoint, naming any skipped; False when there is none."""
         acc = self.accelerator
-
-        def load(folder: Path) -> None:
-            acc.load_state(str(folder))
-            self.method.load_state_tensors(self.state.load(folder))
-
-        found, skipped = rundir.load_newest_checkpoint(self.output_dir, load, lambda f: any_process(f, acc))
+        found, skipped = rundir.load_newest_checkpoint(self.output_dir, self._load, lambda f: any_process(f, acc))
         for note in skipped:
             acc.print(f"skipped checkpoint {note}")
         self._resumed_from = found
         self.em.restore()
+        if self.state.fallback_from is not None:
+            self._use_ce()
         return found is not None
+
+    # ---- train.on_collapse=fallback --------------------------------------------------------------
+    def _use_ce(self) -> None:
+        """From now on the run trains and detects as the CE baseline (the schedule and the health monitor read the
+        fallback from the run state)."""
+        self.method = self.em.method = CrossEntropy(self.cfg.tcl)
+
+    def _fall_back(self, line: str, progress: tqdm) -> None:
+        """TCL collapsed: back to the checkpoint from before TCL began, on as CE (``tcl_hf/fallback.py``)."""
+        acc, st = self.accelerator, self.state
+        go_back(self.output_dir, st, self._load, lambda failed: any_process(failed, acc))
+        self.em.restore()
+        self._use_ce()
+        acc.print(line)
+        self.save_checkpoint()  # that checkpoint again, now with the fallback in its state
+        if acc.is_main_process:
+            rundir.remove_checkpoints_after(self.output_dir, st.step)
+        acc.wait_for_everyone()
+        progress.total += (st.collapsed_epoch - st.epoch) * self.steps_per_epoch  # the epochs to train again
+        progress.refresh()
 
     # ---- the whole run --------------------------------------------------------------------------
     def train(self) -> dict:
@@ -243,7 +265,8 @@ class Trainer:
                       else f"no checkpoint in {self.output_dir}: starting from scratch")
             self.health.after_resume()  # a collapse recorded before the resume stays in force
             if acc.is_main_process:  # records after the checkpoint (all of them without one) will be redone
-                rundir.trim_metrics(self.output_dir, st.epoch)
+                rundir.trim_metrics(self.output_dir, st.epoch,
+                                    st.collapsed_epoch if st.fallback_from is not None else None)
         acc.print(start_line(cfg, len(self.data.train), self.num_classes, acc.num_processes))
         if not resumed:
             acc.print(f"initial EM step: {format_record(self.detect_noise())}")  # the confidences of epoch 1
@@ -251,10 +274,12 @@ class Trainer:
         # smoothing=0: the rate averages over all the time since the bar began, EM steps and evaluations included.
         progress = tqdm(total=cfg.train.epochs * self.steps_per_epoch, initial=st.step, unit="step", smoothing=0,
                         disable=not (acc.is_main_process and cfg.log.progress), dynamic_ncols=True)
+        if not resumed and keeps_checkpoint(cfg.train.on_collapse, self.schedule, 0):
+            st.before_tcl_step = 0  # TCL from epoch 1: a fallback goes back to the start
+            self.save_checkpoint()
         with progress:
-            for epoch in range(st.epoch + 1, cfg.train.epochs + 1):
-                if self._max_steps_reached():
-                    break
+            while st.epoch < cfg.train.epochs and not self._max_steps_reached():
+                epoch = st.epoch + 1
                 losses = self.train_epoch(epoch, progress)
                 final = epoch == cfg.train.epochs or self._max_steps_reached()
                 # The last EM step covers every sample (tcl.em_subset or not): the report, TCL+'s relabelling and
@@ -268,6 +293,12 @@ class Trainer:
                 self.schedule.after_epoch(epoch, record)  # may end an automatic warm-up, from the signals just added
                 self._log(record)
                 st.wall_seconds = wall_before + time.perf_counter() - started
+                if alarm is not None and cfg.train.on_collapse == "fallback":
+                    self._fall_back(alarm, progress)
+                    record = {}
+                    continue
+                if keeps_checkpoint(cfg.train.on_collapse, self.schedule, epoch):
+                    st.before_tcl_step = st.step  # this epoch's checkpoint is kept for a fallback
                 self.health.respond(alarm, self.save_checkpoint())
         if not record:  # a resumed finished run: its checkpoint holds the last, full EM step; the record is redone
             self.detect_noise()
@@ -285,6 +316,8 @@ class Trainer:
     def _record(self, epoch: int, losses: dict, evaluate: bool) -> dict:
         record = {"epoch": epoch, "step": self.state.step, **losses, **(self.evaluate() if evaluate else {}),
                   **self.em.metrics, "scale1": self.state.scale1, "scale2": self.state.scale2}
+        if self.state.fallback_from is not None:
+            record[rundir.FELL_BACK_KEY] = True
         bad = sum(self.bad_counts.values())
         return {**record, "bad_images": bad} if bad else record
 
@@ -292,7 +325,9 @@ class Trainer:
         acc = self.accelerator
         if acc.is_main_process:
             rundir.append_metrics(self.output_dir, record)
-        acc.log({k: v for k, v in record.items() if v is not None}, step=record["epoch"])
+        st = self.state  # after a fallback, epochs trained again follow the discarded ones on the tracker's axis
+        redone = st.collapsed_epoch - st.fallback_from if st.fallback_from is not None else 0
+        acc.log({k: v for k, v in record.items() if v is not None}, step=record["epoch"] + redone)
         acc.print(f"epoch {record['epoch']}/{self.cfg.train.epochs}: {format_record(record)}")
 
     # ---- after training -----------------------------------------------------------------------

@@ -82,13 +82,13 @@ def test_warmup_epochs_auto_from_yaml_and_command_line(tmp_path):
     assert (cfg.optim.warmup_epochs, cfg.optim.max_warmup_epochs, cfg.train.on_collapse) == ("auto", 7, "stop")
     assert load_config(None, ["optim.warmup_epochs=auto"]).optim.warmup_epochs == "auto"
     assert load_config(None, ["optim.warmup_epochs=3"]).optim.warmup_epochs == 3
-    assert load_config(None, []).train.on_collapse == "warn"
+    assert load_config(None, []).train.on_collapse == "fallback"
 
 
 @pytest.mark.parametrize("override, allowed", [("optim.warmup_epochs=soon", "int | auto"),
                                                ("optim.warmup_epochs=-2", ">= 0"),
                                                ("optim.max_warmup_epochs=0", "> 0"),
-                                               ("train.on_collapse=abort", "warn | stop")])
+                                               ("train.on_collapse=abort", "warn | stop | fallback")])
 def test_bad_values_name_key_and_what_is_allowed(override, allowed):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -117,7 +117,8 @@ class Monitored:
 
 
 def _monitor(*overrides):
-    cfg = load_config(None, ["train.epochs=20", *overrides])  # an automatic warm-up is bounded at 10
+    # An automatic warm-up is bounded at 10; a collapse warns (the default falls back: tests/test_fallback.py).
+    cfg = load_config(None, ["train.epochs=20", "train.on_collapse=warn", *overrides])
     state, said = RunState(8, 4, 2), []
     return Monitored(cfg, state, said.append), state, said
 
@@ -146,7 +147,8 @@ def test_auto_warmup_switches_once_settled_and_judges_only_tcl_epochs():
     assert "the warm-up had settled" in line and "\n" not in line
     record = {"clean_ratio_est": 0.3}
     assert monitor.after_epoch(9, record, SPREAD, GIVEN) is None and record["collapsed"] is True  # said once
-    assert monitor.summary() == {"tcl_from_epoch": 7, "collapsed_epoch": 8, "verdict": "collapsed at epoch 8"}
+    assert monitor.summary() == {"tcl_from_epoch": 7, "collapsed_epoch": 8, "fallback_from_epoch": None,
+                                 "verdict": "collapsed at epoch 8"}
 
 
 def test_auto_warmup_stops_at_its_bound():
@@ -168,7 +170,8 @@ def test_fixed_warmup_is_judged_from_its_first_tcl_epoch():
     line = monitor.after_epoch(3, record, T([0, 0, 0, 0, 0, 0, 0, 1]), GIVEN)
     assert record["pred_entropy_ratio"] < 0.5 and line.startswith("TCL collapsed at epoch 3")
     assert "optim.warmup_epochs=auto" in line
-    assert monitor.summary() == {"tcl_from_epoch": 3, "collapsed_epoch": 3, "verdict": "collapsed at epoch 3"}
+    assert monitor.summary() == {"tcl_from_epoch": 3, "collapsed_epoch": 3, "fallback_from_epoch": None,
+                                 "verdict": "collapsed at epoch 3"}
 
 
 @pytest.mark.parametrize("scales, advised", [((), True), (("tcl.scale1=1", "tcl.scale2=1"), False),
@@ -185,7 +188,8 @@ def test_ce_signals_are_logged_never_judged():
     assert monitor.after_epoch(1, record, T([0] * 8), GIVEN) is None
     assert record["pred_entropy_ratio"] == 0.0 and "collapsed" not in record and st.warmup_history == []
     st.epoch = 20
-    assert monitor.summary() == {"tcl_from_epoch": None, "collapsed_epoch": None, "verdict": "ok"}  # no TCL warm-up
+    assert monitor.summary() == {"tcl_from_epoch": None, "collapsed_epoch": None, "fallback_from_epoch": None,
+                                 "verdict": "ok"}  # no TCL warm-up
     assert monitor.lr_switch() == 2  # no TCL phase: the cosine starts after the ramp, a tenth of 20 epochs
 
 
@@ -334,7 +338,8 @@ def test_a_collapsed_run_says_so_in_every_output(tmp_path, monkeypatch, capsys, 
     from tcl_hf.cli import main
 
     monkeypatch.setattr(health, "MIN_ENTROPY_RATIO", 1.01)
-    assert main([*TINY, "data.limit=96", "train.epochs=1", "optim.warmup_epochs=1", f"output_dir={tmp_path}"]) == 0
+    assert main([*TINY, "data.limit=96", "train.epochs=1", "optim.warmup_epochs=1", "train.on_collapse=warn",
+                 f"output_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text())["verdict"] == "collapsed at epoch 1"
     assert (tmp_path / "label_issues.csv").is_file()  # still written

@@ -208,6 +208,19 @@ def test_model_card_of_a_failed_run_opens_with_a_warning(verdict, says):
     assert "Warning" not in healthy and healthy.strip().splitlines()[2].startswith("An image classifier")
 
 
+def test_model_card_of_a_run_that_fell_back_to_ce_says_whose_model_it_is():
+    cfg = run_config(model__backbone="resnet18", data__format="digits")
+    verdict = "fell back to CE at epoch 5"
+    lines = ModelCard(str(model_card(cfg, {**METRICS, "verdict": verdict}, load_ref="local-dir:x"))).text.strip(
+        ).splitlines()
+    assert lines[2].startswith(f"> **Note: TCL {verdict}.** What happened: TCL's classifier degenerated, so the run "
+                               f"went back to its checkpoint from before TCL began")
+    assert lines[3] == "> This model and the run's label verdicts are those of the cross-entropy baseline, not of TCL."
+    assert lines[5].startswith("An image classifier trained with plain cross-entropy (the baseline of the tcl_hf "
+                               "project), continued from the warm-up of a TCL run whose TCL phase collapsed")
+    assert not any("Warning" in line for line in lines)
+
+
 # ---- push ------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def hub_folder(tmp_path):

@@ -284,7 +284,7 @@ def test_start_refuses_a_run_that_is_training_and_shares_the_lock_with_readers(t
     RunLock(folder).acquire().release()  # and the lock is free again afterwards
 
 
-@pytest.mark.parametrize("verdict", ["collapsed at epoch 1", "never left warm-up"])
+@pytest.mark.parametrize("verdict", ["collapsed at epoch 1", "never left warm-up", "fell back to CE at epoch 2"])
 def test_start_refuses_a_failed_run_unless_accepted(tmp_path, verdict):
     folder = _finished_fake_run(tmp_path / "tcl", 12, (12,), verdict=verdict)
     with pytest.raises(TCLError, match=rf"^init.from: .*failed TCL run \(TCL {verdict}.*init.accept_failed=true"):

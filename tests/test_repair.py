@@ -239,6 +239,20 @@ def test_a_failed_run_is_refused_unless_accepted_and_then_says_so(tmp_path, caps
     assert f"failed (TCL {verdict})" in review_data(run_dir / REPAIRED_DIR / LABEL_REVIEW_FILE)["warning"]
 
 
+def test_a_run_that_fell_back_to_ce_is_repaired_and_says_whose_verdicts_they_are(tmp_path, capsys):
+    truth = np.asarray(digits_dataset_dict()["train"]["label"], dtype=np.int64)[drawn_rows()]
+    given = symmetric_noise(truth, 0.4, 10, seed=0)
+    run_dir = tmp_path / "run"
+    write_run(run_dir, DIGITS, given, truth, summary={**SUMMARY, "verdict": "fell back to CE at epoch 4"},
+              predicted=truth)
+    assert repair.main([str(run_dir)]) == 0  # no --accept-failed needed: CE's verdicts are sound
+    said = [line for line in capsys.readouterr().out.splitlines() if "fell back" in line]
+    assert len(said) == 1 and said[0].startswith("warning: these verdicts are the cross-entropy baseline's, not "
+                                                 "TCL's: TCL fell back to CE at epoch 4: ")
+    body = DatasetCard.load(run_dir / REPAIRED_DIR / "README.md").text.strip().splitlines()
+    assert body[2].startswith("> **Warning: these verdicts are the cross-entropy baseline's, not TCL's")
+
+
 def test_a_run_that_never_finished_is_refused_unless_accepted(digits_run, capsys):
     run_dir, _, _, _ = digits_run
     (run_dir / SUMMARY_FILE).unlink()  # e.g. stopped for a collapse, then re-exported from its checkpoint

@@ -24,7 +24,7 @@ TINY = """\
 data: {format: digits, limit: 48, image_size: 16}
 model: {backbone: preact_resnet_mini, proj_dim: 16}
 noise: {type: sym, rate: 0.4}
-train: {batch_size: 16, epochs: 2}
+train: {batch_size: 16, epochs: 2, on_collapse: warn}
 optim: {warmup_epochs: 1}
 eval: {knn_k: 5}
 log: {progress: false}

@@ -94,9 +94,10 @@ def newest_intact(output_dir: Path) -> Path | None:
     return next((p for p in reversed(checkpoint_dirs(output_dir)) if checkpoint_problem(p) is None), None)
 
 def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None], keep: int, is_main: bool,
-                     barrier: Callable[[], None]) -> Path:
+                     barrier: Callable[[], None], pinned: int | None = None) -> Path:
     """Write a checkpoint aside with ``write(folder)`` (every process), add the manifest, rename it into place,
-    and keep the newest ``keep``. Any error while writing gives one line and leaves no temporary folder."""
+    and keep the newest ``keep`` and the one of step ``pinned`` (train.on_collapse=fallback's way back). Any error
+    while writing gives one line and leaves no temporary folder."""
     root = Path(output_dir) / CHECKPOINTS_DIR
     final = root / checkpoint_name(step)
     tmp = root / f"{WRITING_PREFIX}{final.name}"
@@ -118,9 +119,21 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None],
     if is_main:
         _move_into_place(tmp, final)
         for old in checkpoint_dirs(output_dir)[:-keep]:
-            shutil.rmtree(old)
+            if _step_of(old.name) != pinned:
+                shutil.rmtree(old)
     barrier()
     return final
+
+def checkpoint_of_step(output_dir: Path, step: int | None) -> Path | None:
+    """The checkpoint folder of ``step`` (None: there is none)."""
+    return next((path for path in checkpoint_dirs(output_dir) if _step_of(path.name) == step), None)
+
+def remove_checkpoints_after(output_dir: Path, step: int) -> None:
+    """Remove every checkpoint of a step after ``step``: a run that went back to ``step`` left them behind, and a
+    resume must not pick them up."""
+    for path in checkpoint_entries(output_dir):
+        if _step_of(path.name.removeprefix(WRITING_PREFIX)) > step:
+            shutil.rmtree(path)
 
 def _move_into_place(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` (same step) is set aside first and removed last,

@@ -137,6 +137,9 @@ def clear_previous_outputs(output_dir: Path) -> None:
             folder.rmdir()
 
 # ---- metrics.jsonl ---------------------------------------------------------------------------------
+# Marks a record of an epoch trained as CE after train.on_collapse=fallback went back (tcl_hf/fallback.py).
+FELL_BACK_KEY = "fell_back"
+
 def append_metrics(output_dir: Path, record: dict) -> None:
     """One JSON line per call, written with a single append: a kill leaves whole lines, or a torn last one."""
     append_line(Path(output_dir) / METRICS_FILE, json.dumps(tidy(record)))
@@ -160,9 +163,18 @@ def read_metrics(output_dir: Path) -> list[dict]:
             raise TCLError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
     return records
 
-def trim_metrics(output_dir: Path, last_epoch: int) -> None:
-    """Keep the records up to the checkpoint a run resumes from (the run died before saving the rest)."""
+def trajectory_records(records: list[dict], last_epoch: int, collapsed_at: int | None = None) -> list[dict]:
+    """The records behind a checkpoint of epoch ``last_epoch``: those up to it; for a run that fell back to CE after
+    TCL collapsed at epoch ``collapsed_at`` (train.on_collapse=fallback), TCL's up to the collapse and then the
+    fallback's (marked ``fell_back``; their epochs repeat TCL's) up to ``last_epoch``."""
+    if collapsed_at is None:
+        return [r for r in records if not r.get(FELL_BACK_KEY) and r.get("epoch", 0) <= last_epoch]
+    return [r for r in records if r.get("epoch", 0) <= (last_epoch if r.get(FELL_BACK_KEY) else collapsed_at)]
+
+def trim_metrics(output_dir: Path, last_epoch: int, collapsed_at: int | None = None) -> None:
+    """Keep the records up to the checkpoint a run resumes from (the run died before saving the rest); see
+    ``trajectory_records``."""
     path = Path(output_dir) / METRICS_FILE
     if path.exists():
-        kept = [r for r in read_metrics(output_dir) if r.get("epoch", 0) <= last_epoch]
+        kept = trajectory_records(read_metrics(output_dir), last_epoch, collapsed_at)
         atomic_write_text(path, "".join(json.dumps(tidy(r)) + "\n" for r in kept))
