@@ -183,7 +183,8 @@ class TrainConfig:
     resume: bool = option(False, help="continue from the newest checkpoint in output_dir")
     checkpoints_to_keep: int = option(2, positive)
     on_collapse: Literal["warn", "stop", "fallback"] = option(
-        "fallback", help="a TCL run whose classifier degenerated (tcl_hf/health.py): print one line and train on (warn); "
+        "fallback", help="a TCL run whose classifier degenerated (tcl_hf/health.py): print one line and train on "
+                         "(warn); "
                      "also save a checkpoint and exit non-zero, again on each resume (stop); or go back to the "
                      "checkpoint from before TCL began and train the remaining epochs as method=ce (fallback)")
 

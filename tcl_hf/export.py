@@ -193,8 +193,7 @@ def _summary(run_dir: Path, state, health: dict) -> dict:
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if isinstance(saved, dict) and saved.get("steps") == state.step:
         return saved
-    records = trajectory_records(read_metrics(run_dir), state.epoch,
-                                 state.collapsed_epoch if state.fallback_from is not None else None)
+    records = trajectory_records(read_metrics(run_dir), state.epoch, state.fell_back_after())
     return {**(records[-1] if records else {}), "epochs_completed": state.epoch, "steps": state.step, **health}
 
 

@@ -8,7 +8,8 @@ first epoch, so the later checkpoints may already carry it. Measured both ways o
 tests/test_fallback.py (seeds 0-4, the line at epoch 4 on each, so "just before" is TCL's one healthy-looking epoch):
 going back to before TCL ended at test accuracy 0.833 0.814 0.783 0.831 0.847 (mean 0.822) and noise AUC 0.978 0.965
 0.970 0.963 0.982 (0.972); going back to the epoch before the collapse at 0.856 0.772 0.722 0.722 0.842 (0.783) and
-0.981 0.969 0.941 0.956 0.978 (0.965): ahead on two seeds, behind by up to 0.11 on the others.
+0.981 0.969 0.941 0.956 0.978 (0.965): ahead on two seeds, behind by up to 0.11 on the others. (A one-off
+measurement, 2026-12-05, with a temporary switch in this module that was not kept: no shipped command repeats it.)
 
 The checkpoint is kept from rotation (``RunState.before_tcl_step``); going back writes it again with the fallback in
 its run state (``fallback_from``) and removes the TCL checkpoints after it, so a resume continues the fallback, and
@@ -35,14 +36,9 @@ def go_back(output_dir: Path, state: RunState, load: Callable[[Path], None], agr
     when that checkpoint cannot be used."""
     collapsed, step = state.collapsed_epoch, state.before_tcl_step
     folder = rundir.checkpoint_of_step(output_dir, step)
-    problem = rundir.checkpoint_problem(folder) if folder else "gone"
-    if problem is None:
-        try:
-            load(folder)
-        except Exception as exc:  # as a resume: torch, safetensors and accelerate raise many types
-            problem = f"does not load ({type(exc).__name__})"
+    problem = rundir.load_checkpoint(folder, load) if folder else "gone"
     if agree(problem is not None):
+        why = problem or "it failed to load on another process"
         raise CollapseStop(f"TCL collapsed at epoch {collapsed} and cannot fall back to CE: its checkpoint from before "
-                           f"TCL began (step {step}) cannot be used ({problem or 'it failed to load on another process'})"
-                           f"; train again with overwrite=true")
+                           f"TCL began (step {step}) cannot be used ({why}); train again with overwrite=true")
     state.collapsed_epoch, state.fallback_from = collapsed, state.epoch

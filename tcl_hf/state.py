@@ -69,6 +69,11 @@ class RunState:
         self.before_tcl_step: int | None = None        # the step of the checkpoint taken just before TCL's first epoch
         self.fallback_from: int | None = None          # fell back to CE: the epoch whose checkpoint it went back to
 
+    def fell_back_after(self) -> int | None:
+        """The epoch TCL collapsed at, for a run that then fell back to CE (None: no fallback); the metrics records
+        behind a checkpoint depend on it (``tcl_hf.rundir.trajectory_records``)."""
+        return self.collapsed_epoch if self.fallback_from is not None else None
+
     def add_loss_sums(self, sums: dict[str, float]) -> None:
         """Loss terms summed over some batches into the running sums of the epoch in progress."""
         for key, value in sums.items():

@@ -265,8 +265,7 @@ class Trainer:
                       else f"no checkpoint in {self.output_dir}: starting from scratch")
             self.health.after_resume()  # a collapse recorded before the resume stays in force
             if acc.is_main_process:  # records after the checkpoint (all of them without one) will be redone
-                rundir.trim_metrics(self.output_dir, st.epoch,
-                                    st.collapsed_epoch if st.fallback_from is not None else None)
+                rundir.trim_metrics(self.output_dir, st.epoch, st.fell_back_after())
         acc.print(start_line(cfg, len(self.data.train), self.num_classes, acc.num_processes))
         if not resumed:
             acc.print(f"initial EM step: {format_record(self.detect_noise())}")  # the confidences of epoch 1

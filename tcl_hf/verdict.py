@@ -68,6 +68,7 @@ def untrusted_outputs_line(verdict: str) -> str | None:
     if verdict == VERDICT_OK:
         return None
     if fell_back(verdict):
-        return f"note: label_issues.csv and the model are the CE baseline's: TCL {verdict}: {verdict_explained(verdict)}"
+        return (f"note: label_issues.csv and the model are the CE baseline's: TCL {verdict}: "
+                f"{verdict_explained(verdict)}")
     return (f"warning: label_issues.csv and the model are not to be trusted: TCL {verdict}: "
             f"{verdict_explained(verdict)}")

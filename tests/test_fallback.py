@@ -4,9 +4,9 @@ setting that really collapses: 480 digits, a two-epoch warm-up, then TCL with th
 term at eight times the quickstart's lr. Over seeds 0-4 (bench/outcome_margins.py, case ``fallback``, which trains
 on past the line with ``warn``) the first TCL epoch (3) stays above the line (0.54-0.75 of the labels' entropy; the
 line is 0.5), the second (4) fires on every seed, and the lowest spread over the TCL epochs 3-6 is at most 0.26 (a
-47 % margin). So the test accepts a collapse at any TCL epoch, checks that it happened, then what the run did after it: back
-to its checkpoint of epoch 2, the epochs from 3 to 6 again as CE. A run killed before or after the fallback resumes
-to the same numbers."""
+47 % margin). So the test accepts a collapse at any TCL epoch, checks that it happened, then what the run did after
+it: back to its checkpoint of epoch 2, the epochs from 3 to 6 again as CE. A run killed before or after the fallback
+resumes to the same numbers."""
 from __future__ import annotations
 
 import contextlib
@@ -182,7 +182,9 @@ def test_a_collapse_falls_back_to_ce_from_the_checkpoint_before_tcl(fallen):
         *((e, False) for e in range(1, collapsed + 1)), *((e, True) for e in range(3, 7))]
     tcl = records[collapsed - 1]
     assert tcl["collapsed"] is True and tcl["pred_entropy_ratio"] < 0.5 and "loss_con" in tcl
-    # Epochs 3-6 again, as the CE baseline: its loss terms and, epoch for epoch, its lr.
+    # Epochs 3-6 again, as the CE baseline: its loss terms and, epoch for epoch, its lr (with this fixed warm-up CE's lr
+    # and TCL's agree, so this checks that the step count went back with the checkpoint; CE's own cosine after an
+    # automatic warm-up: test_after_a_fallback_nothing_is_judged_and_the_schedule_is_ces).
     for after, baseline in zip(records[collapsed:], ce[2:], strict=True):
         assert set(after) >= {"loss", "loss_cls"} and not {"loss_con", "loss_align", "collapsed"} & set(after)
         assert after["lr"] == pytest.approx(baseline["lr"], rel=1e-6)

@@ -145,6 +145,16 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     shutil.rmtree(aside, ignore_errors=True)
 
+def load_checkpoint(folder: Path, load: Callable[[Path], None]) -> str | None:
+    """``load(folder)`` when the checkpoint is whole; why it could not be used, or None once it is loaded."""
+    problem = checkpoint_problem(folder)
+    if problem is None:
+        try:
+            load(folder)
+        except Exception as exc:  # torch, safetensors and accelerate raise many types for a bad file
+            problem = f"does not load ({_reason(exc)})"
+    return problem
+
 def load_newest_checkpoint(output_dir: Path, load: Callable[[Path], None],
                            agree: Callable[[bool], bool]) -> tuple[Path | None, list[str]]:
     """Load the newest checkpoint that is complete and loads; returns it and one note per skipped one.
@@ -153,12 +163,7 @@ def load_newest_checkpoint(output_dir: Path, load: Callable[[Path], None],
     """
     skipped = []
     for folder in reversed(checkpoint_dirs(output_dir)):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            try:
-                load(folder)
-            except Exception as exc:  # torch, safetensors and accelerate raise many types for a bad file
-                problem = f"does not load ({_reason(exc)})"
+        problem = load_checkpoint(folder, load)
         if not agree(problem is not None):
             return folder, skipped
         skipped.append(f"{folder.name}: {problem or 'failed to load on another process'}")
